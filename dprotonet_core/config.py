@@ -1,0 +1,164 @@
+"""Every default of DProtoNet in one place.
+
+Values equal the paper's section 4.3 unless a field's comment says DEVIATION, followed by
+the reason. Nothing else in the package hard-codes a hyper-parameter: callers take one of
+these dataclasses (frozen, so a config can be shared between threads) and `dataclasses.replace`
+it to change a value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+# --- paper section 4.3, verbatim -------------------------------------------------------------
+PAPER_PROTOTYPES_PER_CLASS = 10
+PAPER_NUM_FEATURE_MASKS = 240
+PAPER_PROTOTYPE_CHANNELS = 512
+PAPER_INPUT_SIZE = 224
+PAPER_BATCH_SIZE = 60
+PAPER_EPSILON = 1e-12
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder and inference module (paper sections 3.1-3.2)."""
+
+    backbone: str = "resnet50"
+    input_size: int = PAPER_INPUT_SIZE
+    num_classes: int = 2
+    prototypes_per_class: int = PAPER_PROTOTYPES_PER_CLASS
+    prototype_channels: int = PAPER_PROTOTYPE_CHANNELS  # D of F(x) in R^{H1 x W1 x D}
+    shaping_hidden_channels: int = PAPER_PROTOTYPE_CHANNELS  # paper: two 1x1 convs, ReLU between
+    num_feature_masks: int = PAPER_NUM_FEATURE_MASKS
+    mask_seed: int = 0
+    # eq. 2: log((s+1)/(s+eps)). The paper's 1e-12 is kept. In float32 it is representable
+    # (smallest normal ~1e-38), and s + 1e-12 == s for any s > ~1e-5, so it only matters at
+    # s == 0, where g = log(1e12) = 27.63 is the activation's upper bound. The hazard is
+    # the gradient 1/(s+eps), up to 1e12 near s == 0; s is clamped to >= 0 (the
+    # ||a||^2 - 2ab + ||b||^2 expansion can round below zero) and the log is evaluated as
+    # log1p(s) - log(s + eps) so no ratio overflows. See test_model.py::test_epsilon_float32.
+    epsilon: float = PAPER_EPSILON
+    # ProtoPNet's last-layer initialisation: +1 to its own class, -0.5 to the others.
+    class_connection: float = 1.0
+    incorrect_class_connection: float = -0.5
+    # ImageNet statistics; the model normalises internally so every caller passes [0, 1] pixels.
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @property
+    def num_prototypes(self) -> int:
+        return self.num_classes * self.prototypes_per_class
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Eq. 4: L = CE + lambda1 Clst + lambda2 Sep + lambda3 l_wh."""
+
+    lambda_clst: float = 0.8
+    # The paper prints Sep = -(1/n) sum min ||z - p||^2 (eq. 6) AND lambda2 = -0.08. Taken
+    # together the two minus signs cancel, so minimising L would pull other-class prototypes
+    # closer -- the opposite of what the text says Sep is for ("encourages ... far away").
+    # ProtoPNet's intended behaviour is: the loss falls as the nearest other-class prototype
+    # moves away. We implement Sep exactly as eq. 6 (with its minus sign) and use
+    # +0.08 here, i.e. |lambda2|; test_losses.py checks the loss decreases as they separate.
+    lambda_sep: float = 0.08
+    lambda_l1: float = 1e-4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training scheme (section 3.1 and 4.3)."""
+
+    epochs: int = 30
+    batch_size: int = PAPER_BATCH_SIZE
+    warm_epochs: int = 5  # "The initial stage is the first 5 epochs": f_a and P only
+    lr_backbone: float = 1e-4
+    lr_shaping: float = 3e-3
+    lr_prototypes: float = 3e-3
+    lr_last_layer: float = 1e-4
+    # The paper says only "the prototype update is performed every 10 epochs".
+    push_every: int = 10
+    # DEVIATION (the paper is silent): after each prototype update, ProtoPNet-style
+    # last-layer-only epochs re-fit f_h to the projected prototypes. 5 as a small default.
+    last_layer_epochs: int = 5
+    # Last-layer-only learning rate. ProtoPNet uses 1e-4; same as lr_last_layer.
+    lr_last_layer_only: float = 1e-4
+    # DEVIATION: from-scratch training on CPU (no ImageNet weights offline) needs a larger
+    # backbone rate than the paper's 1e-4, which assumes pretrained weights. Used only when
+    # the backbone starts from random weights; see cli `--backbone-lr`.
+    lr_backbone_scratch: float = 1e-3
+    weight_decay: float = 1e-4
+    # Multi-image prototype learning (eq. 9-11): R augmented views; the paper's best is M=40.
+    projection_views: int = 40
+    val_fraction: float = 0.2
+    seed: int = 0
+    num_workers: int = 0
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class MDMConfig:
+    """Multiple Dynamic Masks decoder (section 3.4 and 4.3)."""
+
+    num_vectors: int = 10  # D
+    base_size: int = 5  # a_i = b_i = 5 + i, i = 1..D
+    tau: float = 0.5  # initial value of every mask vector
+    eta: float = 10.0  # eta_i, the same for every i
+    iterations: int = 800  # "Each masks vector is trained for 800 iterations"
+    # The paper names no optimiser; the authors' earlier MDM code used Adam, lr 3e-3..1e-2.
+    optimizer: str = "adam"
+    lr: float = 1e-2
+    baseline: str = "black"  # what g(d_i) x fades to: black | mean | blur
+    # DEVIATION (selectable): "paper" uses s(.,.) as printed; "relative" divides it by
+    # ||target||^2 so eta's scale does not depend on the scale of z. See explain/mdm.py.
+    distance: str = "paper"
+    # Early stop: the loss of every vector changed less than this (relative) over `patience`
+    # steps. 0 disables it (the paper protocol).
+    tol: float = 0.0
+    patience: int = 20
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class OverlayConfig:
+    """Mask generation and images (eq. 15-18)."""
+
+    gamma: float = 3.0
+    alpha: float = 0.5
+    beta: float = 0.3
+    colormap: str = "jet"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Section 4.2/4.3 evaluation protocol."""
+
+    # "binary mask threshold are set to the top 50% on RSNA and iChallenge-PM", 80% on CUB.
+    top_percent: dict[str, float] = field(
+        default_factory=lambda: {"rsna": 50.0, "ichallenge-pm": 50.0, "cub": 80.0, "cars": 80.0, "folder": 50.0}
+    )
+    # Average Drop/Increase: the paper "removed certain percentile pixels" without a number.
+    # DEVIATION (the paper is silent): keep the top 50% of CAM pixels, remove the rest.
+    explained_map_keep_percent: float = 50.0
+    # Deletion/Insertion (RISE): pixels per step as a fraction of the image.
+    deletion_step_fraction: float = 1 / 56
+    insertion_blur_sigma: float = 5.0
+
+
+def to_dict(cfg) -> dict:
+    """A JSON-ready dict of a config dataclass (for card.json and run logs)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls, data: dict):
+    """Rebuild a config dataclass, ignoring unknown keys and restoring tuples."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            continue
+        if isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
