@@ -1,0 +1,45 @@
+"""Shared fixtures. Tests run on the CPU with one thread each so parallel helpers stay fair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+PALM_DIR = SHARED_DATA / "palm-training400-224"
+REAL_DICOM = SHARED_DATA / "dicom" / "cr-chest-pa-jpeg-baseline.dcm"
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def tiny_config():
+    from dprotonet_core.config import ModelConfig
+
+    return ModelConfig(
+        backbone="tiny_cnn",
+        input_size=64,
+        num_classes=2,
+        prototypes_per_class=2,
+        prototype_channels=16,
+        shaping_hidden_channels=16,
+        num_feature_masks=12,
+    )
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    from dprotonet_core.model.dprotonet import DProtoNet
+
+    torch.manual_seed(0)
+    return DProtoNet(tiny_config).eval()
