@@ -1,0 +1,46 @@
+"""Evaluation (paper section 4.2): the nine metrics (metrics.py), every CAM method behind one
+call (cams.py), the evaluation of a checkpoint on a dataset (runner.py) and its reports (report.py)."""
+
+from dprotonet_core.evaluate.metrics import (
+    accuracy,
+    average_drop,
+    average_increase,
+    binarize_top_percent,
+    confusion_matrix,
+    deletion,
+    deletion_curve,
+    dice,
+    explained_map,
+    insertion,
+    insertion_curve,
+    iou,
+    localisation_scores,
+    localisation_sensitivity,
+    ppv,
+    roc_auc,
+    roc_curve,
+    sensitivity,
+    specificity,
+)
+
+__all__ = [
+    "accuracy",
+    "average_drop",
+    "average_increase",
+    "binarize_top_percent",
+    "confusion_matrix",
+    "deletion",
+    "deletion_curve",
+    "dice",
+    "explained_map",
+    "insertion",
+    "insertion_curve",
+    "iou",
+    "localisation_scores",
+    "localisation_sensitivity",
+    "ppv",
+    "roc_auc",
+    "roc_curve",
+    "sensitivity",
+    "specificity",
+]

@@ -1,0 +1,176 @@
+"""The paper's metrics on constructed cases whose answers are known by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dprotonet_core.evaluate import metrics as M
+
+SIZE = 16
+
+
+# --- classification ---------------------------------------------------------------------------
+
+
+def test_classification_metrics_by_hand():
+    y_true = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    y_pred = np.array([1, 1, 1, 0, 0, 0, 0, 0, 1, 1])
+    # TP 3, FN 1, TN 4, FP 2
+    assert M.accuracy(y_true, y_pred) == pytest.approx(7 / 10)
+    assert M.sensitivity(y_true, y_pred) == pytest.approx(3 / 4)
+    assert M.specificity(y_true, y_pred) == pytest.approx(4 / 6)
+    np.testing.assert_array_equal(M.confusion_matrix(y_true, y_pred, 2), [[4, 2], [1, 3]])
+
+
+def test_roc_auc_by_hand():
+    y = np.array([0, 0, 1, 1])
+    # pairs (pos, neg): (0.35>0.1) (0.35<0.4) (0.8>0.1) (0.8>0.4) -> 3 of 4
+    assert M.roc_auc(y, np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+    assert M.roc_auc(y, np.array([0.1, 0.2, 0.3, 0.4])) == pytest.approx(1.0)
+    assert M.roc_auc(y, np.array([0.4, 0.3, 0.2, 0.1])) == pytest.approx(0.0)
+    # a tie between a positive and a negative counts one half
+    assert M.roc_auc(y, np.array([0.1, 0.5, 0.5, 0.9])) == pytest.approx(3.5 / 4)
+    assert math.isnan(M.roc_auc(np.array([1, 1]), np.array([0.2, 0.3])))
+
+
+def test_roc_auc_matches_rank_statistic():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    s = np.round(rng.random(200), 1)  # many ties
+    pos, neg = s[y == 1], s[y == 0]
+    expected = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (pos.size * neg.size)
+    assert M.roc_auc(y, s) == pytest.approx(expected)
+
+
+# --- localisation -----------------------------------------------------------------------------
+
+
+def _half_mask() -> np.ndarray:
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[:, : SIZE // 2] = True  # exactly 50% of the pixels
+    return mask
+
+
+def test_perfect_cam_scores_one_and_inverted_zero():
+    truth = _half_mask()
+    perfect = M.localisation_scores(truth.astype(float), truth, top_percent=50)
+    inverted = M.localisation_scores(1.0 - truth, truth, top_percent=50)
+    assert perfect == {"DICE": 1.0, "IoU": 1.0, "PPV": 1.0, "Sensitivity": 1.0}
+    assert inverted == {"DICE": 0.0, "IoU": 0.0, "PPV": 0.0, "Sensitivity": 0.0}
+
+
+def test_localisation_by_hand():
+    pred = np.zeros((4, 4), bool)
+    truth = np.zeros((4, 4), bool)
+    pred[0, :3] = True  # 3 pixels
+    truth[0, 1:] = True  # 3 pixels; overlap 2 -> TP 2, FP 1, FN 1
+    assert M.dice(pred, truth) == pytest.approx(4 / 6)
+    assert M.iou(pred, truth) == pytest.approx(2 / 4)
+    assert M.ppv(pred, truth) == pytest.approx(2 / 3)
+    assert M.localisation_sensitivity(pred, truth) == pytest.approx(2 / 3)
+
+
+def test_top_percent_binarisation():
+    cam = np.arange(100, dtype=float).reshape(10, 10)
+    assert M.binarize_top_percent(cam, 50).sum() == 50
+    assert M.binarize_top_percent(cam, 80).sum() == 80
+    assert M.binarize_top_percent(cam, 50)[-1].all()
+    assert not M.binarize_top_percent(np.zeros((5, 5)), 50).any()  # flat: nothing is "top"
+
+
+def test_boxes_to_mask():
+    mask = M.boxes_to_mask([(1, 2, 3, 1)], 5, 6)
+    assert mask.sum() == 3 and mask[2, 1:4].all()
+
+
+# --- recognition on a model whose answer is known -------------------------------------------
+
+
+class RegionModel(nn.Module):
+    """P(class 1) = sigmoid(k (mean intensity inside `region` - 0.5)); class 0 the rest."""
+
+    def __init__(self, region: np.ndarray, k: float = 20.0):
+        super().__init__()
+        self.register_buffer("region", torch.as_tensor(region, dtype=torch.float32))
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inside = (x.mean(1) * self.region).sum((-2, -1)) / self.region.sum()
+        logit = self.k * (inside - 0.5)
+        return torch.stack([torch.zeros_like(logit), logit], dim=1)
+
+
+def _prob_fn(model: nn.Module):
+    return lambda images: torch.softmax(model(images), dim=1)
+
+
+def _region() -> np.ndarray:
+    region = np.zeros((SIZE, SIZE), bool)
+    region[4:8, 4:8] = True  # 16 of 256 pixels
+    return region
+
+
+def test_oracle_cam_deletes_faster_than_a_random_cam():
+    region = _region()
+    prob = _prob_fn(RegionModel(region))
+    image = torch.zeros(3, SIZE, SIZE)
+    image[:, torch.as_tensor(region)] = 1.0
+    rng = np.random.default_rng(0)
+    oracle = region + 0.01 * rng.random(region.shape)
+    randoms = [rng.random(region.shape) for _ in range(5)]
+    d_oracle = M.deletion(prob, image, oracle, 1, step_fraction=1 / 64, batch_size=16)
+    d_random = np.mean([M.deletion(prob, image, r, 1, step_fraction=1 / 64, batch_size=16) for r in randoms])
+    assert d_oracle < 0.1 < 0.3 < d_random
+    i_oracle = M.insertion(prob, image, oracle, 1, step_fraction=1 / 64, batch_size=16)
+    i_random = np.mean([M.insertion(prob, image, r, 1, step_fraction=1 / 64, batch_size=16) for r in randoms])
+    assert i_oracle > 0.9 and i_random < i_oracle - 0.2
+
+
+def test_deletion_curve_shape_and_batches():
+    region = _region()
+    prob = _prob_fn(RegionModel(region))
+    image = torch.rand(3, SIZE, SIZE)
+    cam = np.random.default_rng(1).random((SIZE, SIZE))
+    f1, p1 = M.deletion_curve(prob, image, cam, 1, step_fraction=1 / 16, batch_size=3)
+    f2, p2 = M.deletion_curve(prob, image, cam, 1, step_fraction=1 / 16, batch_size=100)
+    np.testing.assert_allclose(p1, p2, atol=1e-6)
+    assert f1[0] == 0 and f1[-1] == 1 and len(f1) == 17
+    assert p1[0] == pytest.approx(float(prob(image[None])[0, 1]))
+    assert p1[-1] == pytest.approx(float(prob(torch.zeros(1, 3, SIZE, SIZE))[0, 1]))
+
+
+def test_average_drop_and_increase_by_hand():
+    assert M.average_drop([0.8, 0.5], [0.4, 0.6]) == pytest.approx(100 * (0.5 + 0) / 2)
+    assert M.average_increase([0.8, 0.5], [0.4, 0.6]) == pytest.approx(50.0)
+
+
+def test_average_drop_on_the_region_model():
+    """Keeping the region keeps the answer (AD 0); removing it drops P to sigmoid(-10)."""
+    region = _region()
+    prob = _prob_fn(RegionModel(region))
+    image = torch.ones(3, SIZE, SIZE)
+    y = float(prob(image[None])[0, 1])  # sigmoid(20 * 0.5) = sigmoid(10)
+    oracle = region.astype(float) + 0.001 * np.random.default_rng(0).random(region.shape)
+    inverted = 1.0 - region
+    kept = M.explained_map(image, oracle, keep_percent=50)
+    removed = M.explained_map(image, inverted, keep_percent=50)
+    o_kept, o_removed = (float(prob(e[None])[0, 1]) for e in (kept, removed))
+    assert M.average_drop([y], [o_kept]) == pytest.approx(0.0, abs=1e-6)
+    expected = 100 * (y - 1 / (1 + math.exp(10))) / y
+    assert M.average_drop([y], [o_removed]) == pytest.approx(expected, rel=1e-5)
+    assert M.average_increase([y, y], [o_kept, o_removed]) == 0.0
+
+
+def test_explained_map_forms():
+    image = torch.ones(3, 4, 4)
+    cam = np.linspace(0, 1, 16).reshape(4, 4)
+    kept = M.explained_map(image, cam, 25)
+    assert int(kept[0].sum()) == 4
+    np.testing.assert_allclose(M.explained_map(image, cam, 25, "multiply")[0].numpy(), cam, atol=1e-6)
+    with pytest.raises(ValueError):
+        M.explained_map(image, cam, 25, "other")
