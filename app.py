@@ -1,7 +1,21 @@
-"""DProtoNet Review: placeholder entry until the app lands."""
+"""DProtoNet Review: the Streamlit entry point (`make run`).
+
+Shared sidebar (checkpoint picker) and navigation over pages/; the pages are thin and call
+dprotonet_core.review (computation) through dprotonet_core.ui (Streamlit glue).
+"""
 
 import streamlit as st
 
-st.set_page_config(page_title="DProtoNet Review", layout="wide")
-st.title("DProtoNet Review")
-st.info("The review app is being built. Research software, not a medical device.")
+from dprotonet_core import ui
+
+st.set_page_config(page_title="DProtoNet Review", page_icon="🩻", layout="wide", initial_sidebar_state="expanded")
+
+pages = [
+    st.Page("pages/review.py", title="Review an image", icon="🔍", default=True),
+    st.Page("pages/prototypes.py", title="Prototypes", icon="🧩"),
+    st.Page("pages/evaluation.py", title="Evaluation", icon="📊"),
+    st.Page("pages/model_card.py", title="Model card", icon="📄"),
+]
+navigation = st.navigation(pages)
+ui.sidebar_checkpoint_picker()
+navigation.run()

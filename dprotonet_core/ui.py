@@ -1,0 +1,100 @@
+"""Streamlit glue shared by app.py and the pages: cached model loading, the checkpoint picker, banners.
+
+Everything that computes lives in `dprotonet_core.review`; this module only binds it to Streamlit's caches,
+session state and widgets. Per-user state lives in `st.session_state` under the keys below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from dprotonet_core import review
+from dprotonet_core.checkpoint import Checkpoint
+
+CHECKPOINT_KEY = "checkpoint_path"
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=4)
+def cached_checkpoint(path: str, card_sha: str) -> Checkpoint:
+    """One loaded model per checkpoint folder (and model hash) for the whole server; read-only after load."""
+    del card_sha  # part of the cache key only: a rebuilt checkpoint is loaded afresh
+    return review.load_model(path)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _checkpoint_entries(models_root: str) -> list[review.CheckpointEntry]:
+    return review.list_checkpoints(Path(models_root))
+
+
+def checkpoint_entries() -> list[review.CheckpointEntry]:
+    return _checkpoint_entries(str(review.models_dir()))
+
+
+def sidebar_checkpoint_picker() -> review.CheckpointEntry | None:
+    """The sidebar's checkpoint picker with the checkpoint's task, classes and training data.
+
+    Invalid folders are listed with their problem; returns the chosen valid entry or None."""
+    entries = checkpoint_entries()
+    valid = [e for e in entries if e.valid]
+    invalid = [e for e in entries if not e.valid]
+    st.sidebar.header("Checkpoint")
+    chosen = None
+    if valid:
+        paths = [str(e.path) for e in valid]
+        current = st.session_state.get(CHECKPOINT_KEY)
+        index = paths.index(current) if current in paths else 0
+        picked = st.sidebar.selectbox(
+            "Model", paths, index=index, format_func=lambda p: valid[paths.index(p)].label, key="checkpoint_picker"
+        )
+        st.session_state[CHECKPOINT_KEY] = picked
+        chosen = valid[paths.index(picked)]
+        summary = review.checkpoint_summary(chosen.card or {})
+        st.sidebar.markdown(
+            f"**Task:** {summary['task']}  \n"
+            f"**Classes:** {', '.join(summary['classes'])}  \n"
+            f"**Trained on:** {summary['trained_on']}"
+        )
+    else:
+        st.session_state.pop(CHECKPOINT_KEY, None)
+        st.sidebar.warning(
+            f"No usable checkpoint found. Bundled demos: `make checkpoints`; or set {review.MODELS_DIR_ENV} "
+            f"to a folder of checkpoints (now: `{review.models_dir()}`)."
+        )
+    if invalid:
+        with st.sidebar.expander(f"Invalid checkpoints ({len(invalid)})"):
+            for entry in invalid:
+                st.markdown(f"**{entry.path.name}**: {entry.problem}")
+    return chosen
+
+
+def current_checkpoint() -> Checkpoint | None:
+    """The loaded checkpoint picked in the sidebar; None (with a message shown) when none can be used."""
+    path = st.session_state.get(CHECKPOINT_KEY)
+    if not path:
+        st.info("Choose a checkpoint in the sidebar to begin.")
+        return None
+    entry = next((e for e in checkpoint_entries() if str(e.path) == path and e.valid), None)
+    if entry is None:
+        st.error("The chosen checkpoint is no longer available; choose another in the sidebar.")
+        return None
+    sha = (entry.card or {}).get("sha256", {}).get("model.safetensors", "")
+    try:
+        return cached_checkpoint(path, sha)
+    except review.ReviewError as exc:
+        st.error(str(exc))
+        return None
+
+
+def page_header(title: str, entry: review.CheckpointEntry | None) -> None:
+    """Every page: the title, the permanent disclaimer, and the synthetic-data banner where it applies."""
+    st.title(title)
+    st.caption(f"⚠️ {review.DISCLAIMER}")
+    if entry is not None and entry.card and entry.card.get("synthetic"):
+        st.error(f"**{review.SYNTHETIC_WARNING}**", icon="🧪")
+
+
+def current_entry() -> review.CheckpointEntry | None:
+    path = st.session_state.get(CHECKPOINT_KEY)
+    return next((e for e in checkpoint_entries() if str(e.path) == path), None)

@@ -1,0 +1,43 @@
+"""Evaluation: what `python -m dprotonet_core evaluate --attach` stored in the checkpoint."""
+
+import streamlit as st
+
+from dprotonet_core import review, ui
+
+entry = ui.current_entry()
+ui.page_header("Evaluation", entry)
+if entry is None or not entry.valid:
+    st.info("Choose a checkpoint in the sidebar.")
+    st.stop()
+
+view = review.load_evaluation(entry.path)
+if view is None:
+    st.info(
+        "No evaluation is stored with this checkpoint yet. Run "
+        f"`python -m dprotonet_core evaluate --checkpoint {entry.path} --attach` and reload this page."
+    )
+    st.stop()
+for problem in view.problems:
+    st.warning(problem)
+data = view.metrics.get("dataset") or {}
+st.caption(
+    f"Measured on {data.get('name', '?')} ({data.get('split', '?')} split, {data.get('n', '?')} images); "
+    f"stored {view.metrics.get('created', '?')}."
+)
+st.subheader("Classification")
+for column, (label, value) in zip(st.columns(4), review.classification_metrics(view).items()):
+    column.metric(label, value)
+for name in ("confusion_matrix", "roc"):
+    if name in view.figures:
+        st.plotly_chart(view.figures[name], width="stretch", key=f"fig_{name}")
+
+st.subheader("Explanations: Table 5 (recognition and localisation)")
+if view.table5:
+    st.dataframe(view.table5, hide_index=True, width="stretch")
+    st.caption("AD: average drop, AI: average increase (%), D/I: deletion/insertion AUC; ↑ higher is better, "
+               "↓ lower is better.")
+else:
+    st.info("No explanation metrics were stored.")
+for name in ("deletion", "insertion"):
+    if name in view.figures:
+        st.plotly_chart(view.figures[name], width="stretch", key=f"fig_{name}")

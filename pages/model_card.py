@@ -1,0 +1,31 @@
+"""Model card: card.json of the chosen checkpoint, rendered."""
+
+import streamlit as st
+
+from dprotonet_core import review, ui
+
+entry = ui.current_entry()
+ui.page_header("Model card", entry)
+if entry is None or entry.card is None:
+    st.info("Choose a checkpoint in the sidebar.")
+    st.stop()
+
+card = entry.card
+summary = review.checkpoint_summary(card)
+st.subheader(summary["title"])
+st.markdown(
+    f"**Task:** {summary['task']}  \n**Classes:** {', '.join(summary['classes'])}  \n"
+    f"**Trained on:** {summary['trained_on']}  \n**Backbone:** {summary['backbone']}, "
+    f"input {summary['input_size']} x {summary['input_size']} pixels"
+)
+for title, fields in review.card_sections(card):
+    with st.expander(title, expanded=title in ("Intended use and limits", "Data", "Metrics")):
+        for key, value in fields.items():
+            review_text = review.card_value_markdown(key, value)
+            if review_text is not None:
+                st.markdown(review_text)
+            else:
+                st.markdown(f"**{review.card_label(key)}**")
+                st.json(value, expanded=1)
+with st.expander("Integrity: sha256 of every file (verified when the model is loaded)"):
+    st.dataframe(review.card_integrity(card), hide_index=True, width="stretch")

@@ -1,0 +1,148 @@
+"""Review an image (clinicians): upload -> prediction -> "this looks like that" with both MDM heatmaps.
+
+Layout only; computation is in dprotonet_core.review. The display controls and the two panes are one
+st.fragment that re-renders from the cached mask stacks without any model call.
+"""
+
+import streamlit as st
+
+from dprotonet_core import review, ui
+from dprotonet_core.data.io import Window
+
+S = st.session_state
+MANUAL = "manual"
+
+ui.page_header("Review an image", ui.current_entry())
+checkpoint = ui.current_checkpoint()
+if checkpoint is None:
+    st.stop()
+if "explanations" not in S:
+    S["explanations"] = review.ExplanationCache()
+
+# ------------------------------------------------------------------------------------------ input
+left, right = st.columns([3, 2])
+upload = left.file_uploader(
+    "Upload an image: DICOM, PNG or JPEG (the format is read from the file itself)",
+    key="upload",
+    help=f"Up to {review.MAX_UPLOAD_MB} MB and {review.MAX_PIXELS // 1_000_000} megapixels. "
+    "Nothing is stored: the image stays in this browser session's memory only.",
+)
+samples = review.list_samples()
+sample = right.selectbox(
+    "... or try a bundled sample",
+    [None, *samples],
+    format_func=lambda s: "choose a sample" if s is None else s.title,
+    key="sample",
+    disabled=not samples,
+    help=None if samples else "No sample images are bundled yet.",
+)
+if upload is not None:
+    data, source = upload.getvalue(), "upload"
+elif sample is not None:
+    data, source = sample.path.read_bytes(), f"sample: {sample.credit or sample.dataset}"
+else:
+    st.info("Upload an image above, or choose a sample, to see the model's prediction and its reasons.")
+    st.stop()
+
+data_hash = review.file_hash(data)
+if S.get("loaded_hash") != data_hash:
+    S.pop("loaded", None)
+    try:
+        S["loaded"] = review.read_upload(data)
+    except review.ReviewError as exc:
+        S.pop("loaded_hash", None)
+        st.error(str(exc), icon="🚫")
+        st.stop()
+    S["loaded_hash"] = data_hash
+loaded = S["loaded"]
+if source != "upload":
+    st.caption(f"Sample image, {source}.")
+
+# -------------------------------------------------------------------------------- sidebar: image
+window: Window | None = None
+presets = review.window_presets(loaded)
+with st.sidebar:
+    if presets:
+        st.header("DICOM window")
+        names = [*presets, MANUAL]
+        preset = st.selectbox("Preset", names, key="window_preset", format_func=lambda n: presets[n].label or n
+                              if n in presets else "manual (centre / width)")
+        base = presets.get(preset) or loaded.window or next(iter(presets.values()))
+        c1, c2 = st.columns(2)
+        center = c1.number_input("Centre", value=float(base.center), disabled=preset != MANUAL, key="win_c")
+        width = c2.number_input("Width", value=float(base.width), min_value=1.0, disabled=preset != MANUAL,
+                                key="win_w")
+        window = Window(center, width, MANUAL) if preset == MANUAL else presets[preset]
+    st.header("Image information")
+    st.caption("De-identified: technical fields only, never names, IDs or dates.")
+    st.table(review.metadata_rows(loaded))
+    for notice in loaded.notices:
+        st.warning(notice)
+    st.header("Explanation")
+    profile = st.selectbox("MDM detail", list(review.MDM_PROFILES), format_func=review.MDM_PROFILES.get,
+                           key="mdm_profile")
+
+shown = review.apply_window(loaded, window)
+key = review.image_key(data_hash, window)
+
+# ------------------------------------------------------------------------------------- prediction
+case = review.cached_case(S, data_hash, window, checkpoint, shown)
+prediction = case.prediction
+probability = review.probability(prediction)
+st.subheader(f"Prediction: {prediction.class_name}, {probability * 100:.1f}%")
+st.progress(probability, text=review.probability_text(prediction, checkpoint.classes))
+
+st.markdown("**Why: this looks like that.** The prototypes that add most to the predicted class's score.")
+st.dataframe(review.summarise_rows(prediction, checkpoint), hide_index=True, width="stretch")
+choices = review.prototype_choices(prediction)
+prototype = st.radio(
+    "Explain with prototype",
+    choices,
+    format_func=lambda j: review.prototype_label(checkpoint, prediction, j),
+    horizontal=True,
+    key=f"explain_prototype:{key}",
+)
+
+# ----------------------------------------------------------------------------------- explanation
+explanation = S["explanations"].get(review.explanation_key(key, checkpoint, prototype, profile))
+if explanation is None:
+    bar = st.progress(0.0, text="Explaining: finding the regions the model used...")
+    try:
+        explanation = review.explain_cached(
+            S["explanations"], key, checkpoint, case.x, prototype, profile,
+            progress=lambda fraction, text: bar.progress(fraction, text=text),
+        )
+    except review.ReviewError as exc:
+        st.error(str(exc))
+        st.stop()
+    bar.empty()
+
+
+@st.fragment
+def panes(explanation: review.Explanation) -> None:
+    """Display controls and both panes: re-rendered from the cached mask stacks, no model call."""
+    defaults = review.default_settings()
+    c = st.columns([3, 2, 2, 3, 2])
+    gamma = c[0].slider("Threshold gamma", 0.0, float(explanation.depth), defaults.gamma, 0.5, key="gamma",
+                        help="Eq. 15: keep pixels whose summed masks reach gamma (0 keeps all, "
+                        f"{explanation.depth} only the strongest).")
+    alpha = c[1].slider("Image weight alpha", 0.0, 1.0, defaults.alpha, 0.05, key="alpha")
+    beta = c[2].slider("Heatmap weight beta", 0.0, 1.0, defaults.beta, 0.05, key="beta")
+    view = c[3].radio("View", list(review.VIEWS), format_func=review.VIEWS.get, horizontal=True, key="view")
+    colormap = c[4].selectbox("Colormap", review.COLORMAPS, key="colormap")
+    settings = review.DisplaySettings(gamma=gamma, alpha=alpha, beta=beta, view=view, colormap=colormap)
+    rendered = review.render_case(case, checkpoint, explanation, settings)
+    st.plotly_chart(rendered.figure, key="panes", width="stretch",
+                    config={"displaylogo": False, "scrollZoom": True, "modeBarButtonsToRemove": ["toImage"]})
+    st.caption(rendered.caption)
+    for note in rendered.notes:
+        st.warning(note)
+    report = review.report_inputs(case, checkpoint, explanation, settings, rendered, window)
+    d1, d2, _ = st.columns([1, 1, 3])
+    d1.download_button("Download report (PNG)", review.report_png(report), "dprotonet-report.png", "image/png",
+                       key="dl_png", on_click="ignore")
+    d2.download_button("Download report (JSON)", review.report_json(report), "dprotonet-report.json",
+                       "application/json", key="dl_json", on_click="ignore")
+
+
+panes(explanation)

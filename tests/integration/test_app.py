@@ -1,0 +1,167 @@
+"""AppTest over every page of the review app, against the tiny test checkpoint (tests/app_support.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.app_support import ModelCallCounter, make_models_dir, make_samples_dir
+from tests.conftest import PALM_DIR, REAL_DICOM, REPO
+
+APP = str(REPO / "app.py")
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> Path:
+    return make_models_dir(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def app(models_dir, monkeypatch, tmp_path) -> AppTest:
+    monkeypatch.setenv("DPROTONET_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("DPROTONET_SAMPLES_DIR", str(tmp_path / "no-samples"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    at.file_uploader(key="upload").set_value((name, data, "application/octet-stream"))
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("markdown", "caption", "subheader", "title", "error", "warning", "info")
+             for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def _panes(at: AppTest) -> list:
+    return at.get("plotly_chart")
+
+
+def _image_traces(at: AppTest) -> list[dict]:
+    import json
+
+    charts = _panes(at)
+    assert charts, "no linked-pane figure shown"
+    figure = json.loads(charts[0].proto.spec)
+    return [t for t in figure["data"] if t["type"] == "image"]
+
+
+def test_landing_page_shows_uploader_disclaimer_and_synthetic_banner(app):
+    assert app.file_uploader(key="upload") is not None
+    text = _texts(app)
+    assert "not a medical device" in text
+    assert "SYNTHETIC" in text
+    picker = app.sidebar.selectbox(key="checkpoint_picker")
+    assert "tiny-test" in str(picker.value)
+    assert "broken-example" in "\n".join(str(e.value) for e in app.sidebar.markdown)  # listed as invalid
+
+
+@pytest.mark.skipif(not REAL_DICOM.is_file(), reason="../shared/data DICOM absent")
+def test_dicom_upload_gives_prediction_two_heatmaps_and_gamma_needs_no_model_call(app, monkeypatch):
+    counter = ModelCallCounter(monkeypatch)
+    _upload(app, "chest.dcm", REAL_DICOM.read_bytes())
+    assert counter.calls > 0  # prediction and MDM ran
+    assert any(s.value.startswith("Prediction:") for s in app.subheader)
+    assert len(_image_traces(app)) == 2  # query and prototype panes, each with its heatmap
+    assert app.sidebar.selectbox(key="window_preset").options  # DICOM window presets offered
+    metadata = str(app.sidebar.table[0].value)
+    assert "CR" in metadata and "CHEST" in metadata
+
+    before = counter.calls
+    first = [t["source"] for t in _image_traces(app)]
+    app.slider(key="gamma").set_value(6.0).run()
+    assert not app.exception
+    assert counter.calls == before, "moving gamma called the model"
+    assert [t["source"] for t in _image_traces(app)] != first  # the panes did change
+    app.slider(key="alpha").set_value(0.8).run()
+    app.radio(key="view").set_value("outline").run()
+    app.selectbox(key="colormap").set_value("viridis").run()
+    assert not app.exception
+    assert counter.calls == before
+
+
+@pytest.mark.skipif(not REAL_DICOM.is_file(), reason="../shared/data DICOM absent")
+def test_window_preset_and_other_prototype(app, monkeypatch):
+    _upload(app, "chest.dcm", REAL_DICOM.read_bytes())
+    app.sidebar.selectbox(key="window_preset").set_value("lung").run()
+    assert not app.exception
+    radio = next(r for r in app.radio if r.label == "Explain with prototype")
+    other = radio.options[1]
+    radio.set_value(int(other.split()[0].lstrip("#"))).run()
+    assert not app.exception
+    assert len(_image_traces(app)) == 2
+
+
+def test_broken_upload_shows_one_message_and_page_keeps_working(app):
+    _upload(app, "scan.dcm", b"DICM" + os.urandom(300))
+    assert len(app.error) >= 1
+    assert any("file" in e.value.lower() for e in app.error)
+    png = (PALM_DIR / "H0001.jpg") if PALM_DIR.is_dir() else None
+    if png is not None:
+        _upload(app, "fundus.jpg", png.read_bytes())
+        assert any(s.value.startswith("Prediction:") for s in app.subheader)
+
+
+@pytest.mark.skipif(not PALM_DIR.is_dir(), reason="../shared/data PALM images absent")
+def test_each_sample_loads(models_dir, monkeypatch, tmp_path):
+    palm = sorted(PALM_DIR.glob("P*.jpg"))[0]
+    folder = make_samples_dir(tmp_path / "samples", [(palm, "PM", "iChallenge-PM"), (REAL_DICOM, "none", "SIIM")])
+    monkeypatch.setenv("DPROTONET_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("DPROTONET_SAMPLES_DIR", str(folder))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    box = at.selectbox(key="sample")
+    options = [o for o in box.options if o != "choose a sample"]
+    assert len(options) == 2  # the row whose file is missing is skipped
+    from dprotonet_core import review
+
+    for sample in review.list_samples(folder):
+        at.selectbox(key="sample").set_value(sample).run()
+        assert not at.exception
+        assert any(s.value.startswith("Prediction:") for s in at.subheader), sample.file
+
+
+def test_bundled_samples_load(models_dir, monkeypatch):
+    from dprotonet_core import review
+
+    samples = review.list_samples(review.DEFAULT_SAMPLES_DIR)
+    if not samples:
+        pytest.skip("no bundled samples in assets/samples yet")
+    for sample in samples:
+        review.read_upload(sample.path.read_bytes())  # every bundled sample decodes
+
+
+@pytest.mark.parametrize("page", ["pages/prototypes.py", "pages/evaluation.py", "pages/model_card.py"])
+def test_other_pages_render(app, page):
+    app.switch_page(page).run()
+    assert not app.exception
+    text = _texts(app)
+    assert "not a medical device" in text
+    if page.endswith("prototypes.py"):
+        assert len(app.get("image")) >= 5 and _panes(app)  # 4 prototypes + detail
+        app.selectbox(key="proto_detail").set_value(3).run()
+        assert not app.exception
+    if page.endswith("evaluation.py"):
+        assert "No evaluation is stored" in text
+    if page.endswith("model_card.py"):
+        assert "tiny-test" in text and "Intended use" in "\n".join(e.label for e in app.expander)
+
+
+def test_no_valid_checkpoint_keeps_app_working(monkeypatch, tmp_path):
+    from tests.app_support import make_invalid_checkpoint
+
+    make_invalid_checkpoint(tmp_path / "only-broken")
+    monkeypatch.setenv("DPROTONET_MODELS_DIR", str(tmp_path))
+    monkeypatch.setattr("dprotonet_core.review.DEFAULT_MODELS_DIR", tmp_path / "none")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("No usable checkpoint" in w.value for w in at.sidebar.warning)
