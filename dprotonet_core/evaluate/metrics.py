@@ -143,14 +143,21 @@ def boxes_to_mask(boxes: list[tuple[float, float, float, float]], height: int, w
 
 
 def localisation_scores(cam: np.ndarray, truth: np.ndarray, top_percent: float) -> dict[str, float]:
-    """DICE, IoU, PPV and Sensitivity of the CAM binarised at its top `top_percent`%."""
+    """DICE, IoU, PPV and Sensitivity of the CAM binarised at its top `top_percent`%.
+
+    An empty binarised CAM (a flat or all-zero map) against a non-empty ground truth localises
+    nothing, so its PPV (0/0) is scored 0 rather than left out of the mean.
+    """
     pred = binarize_top_percent(cam, top_percent)
-    return {
+    scores = {
         "DICE": dice(pred, truth),
         "IoU": iou(pred, truth),
         "PPV": ppv(pred, truth),
         "Sensitivity": localisation_sensitivity(pred, truth),
     }
+    if not pred.any() and np.asarray(truth, bool).any():
+        scores["PPV"] = 0.0
+    return scores
 
 
 # --- recognition: Average Drop / Increase ------------------------------------------------------

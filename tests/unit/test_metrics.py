@@ -75,6 +75,12 @@ def test_localisation_by_hand():
     assert M.localisation_sensitivity(pred, truth) == pytest.approx(2 / 3)
 
 
+def test_empty_cam_localises_nothing():
+    scores = M.localisation_scores(np.zeros((SIZE, SIZE)), _half_mask(), top_percent=50)
+    assert scores == {"DICE": 0.0, "IoU": 0.0, "PPV": 0.0, "Sensitivity": 0.0}
+    assert math.isnan(M.ppv(np.zeros((2, 2), bool), np.ones((2, 2), bool)))
+
+
 def test_top_percent_binarisation():
     cam = np.arange(100, dtype=float).reshape(10, 10)
     assert M.binarize_top_percent(cam, 50).sum() == 50

@@ -1,0 +1,204 @@
+"""Evaluation reports on disk: what the app's evaluation page reads.
+
+<out>/metrics.json          classification + Table 5 (schema in runner._metrics_document; NaN -> null)
+<out>/table5.md, table5.csv the Table-5 block, method x {AD, AI, D, I, DICE, IoU, PPV, Sensitivity, s/img}
+<out>/curves.json           deletion/insertion curves: fractions, per-method mean and per-image curves
+<out>/predictions.csv       id, label, predicted, probability of every class
+<out>/figures/*.html|.json|.png  deletion, insertion, confusion_matrix, roc (plotly; PNG via kaleido)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+
+from dprotonet_core.evaluate.runner import TABLE5_COLUMNS, CamEvaluation, Predictions
+
+FIGURES_DIR = "figures"
+_CHROMIUM = "/usr/bin/chromium"
+
+
+def json_safe(value):
+    """Recursively replace NaN/inf by None and numpy scalars by Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _fmt(value, column: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if column in ("AD", "AI"):
+        return f"{value:.1f}"
+    if column == "s/img":
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def table5_markdown(metrics: dict) -> str:
+    """Table 5 as a markdown table, with the run's context under it."""
+    table = metrics["table5"]
+    arrows = {c: ("↑" if table["higher_is_better"][c] else "↓") for c in TABLE5_COLUMNS}
+    head = "| Method | " + " | ".join(f"{c} {arrows[c]}" for c in TABLE5_COLUMNS) + " | images | with GT |"
+    lines = [head, "|" + "---|" * (len(TABLE5_COLUMNS) + 3)]
+    for row in table["rows"]:
+        cells = " | ".join(_fmt(row[c], c) for c in TABLE5_COLUMNS)
+        lines.append(f"| {row['name']} | {cells} | {row['n_images']} | {row['n_localisation']} |")
+    cfg, data = metrics["config"], metrics["dataset"]
+    lines += [
+        "",
+        f"Checkpoint `{metrics['checkpoint']['name']}` on {data['name']} ({data['split']}, {data['n']} images); "
+        f"CAMs on {table['n_images']} images for the {table['target']} class.",
+        f"AD/AI: explained map = {cfg['explained_map_mode']} (keep top {cfg['explained_map_keep_percent']:g}% of "
+        f"CAM pixels). D/I: RISE, {cfg['deletion_step_fraction']:.4g} of the pixels per step, zero baseline / "
+        f"blurred start (sigma {cfg['insertion_blur_sigma']:g}). Localisation: CAM top "
+        f"{cfg['top_percent_used']:g}% vs ground truth, images with ground truth only. "
+        f"s/img: {metrics['device']}, {metrics['threads']} thread(s).",
+    ]
+    if metrics["checkpoint"]["synthetic"]:
+        lines.append("SYNTHETIC: the checkpoint was trained on synthetic stand-in data.")
+    return "\n".join(lines) + "\n"
+
+
+def write_table5_csv(path: Path, metrics: dict) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "name", *TABLE5_COLUMNS, "n_images", "n_localisation"])
+        for row in metrics["table5"]["rows"]:
+            values = ["" if row[c] is None else row[c] for c in TABLE5_COLUMNS]
+            writer.writerow([row["method"], row["name"], *values, row["n_images"], row["n_localisation"]])
+
+
+def write_predictions_csv(path: Path, pred: Predictions, classes: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "label", "predicted", *[f"p({c})" for c in classes]])
+        for item_id, label, guess, probs in zip(pred.ids, pred.labels, pred.predicted, pred.probabilities):
+            writer.writerow([item_id, classes[int(label)], classes[int(guess)], *[f"{p:.6f}" for p in probs]])
+
+
+def curves_document(cams: CamEvaluation) -> dict:
+    """curves.json: the common x axis and, per method and curve, the mean and every image's curve."""
+    methods = {}
+    for method, scores in cams.methods.items():
+        methods[method] = {
+            kind: {
+                "mean": np.mean(curves, axis=0).tolist() if curves else [],
+                "per_image": [c.tolist() for c in curves],
+            }
+            for kind, curves in (("deletion", scores.deletion), ("insertion", scores.insertion))
+        }
+    return {"fractions": cams.fractions.tolist(), "image_ids": cams.image_ids, "methods": methods}
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+def curve_figure(curves: dict, kind: str, names: dict[str, str]) -> go.Figure:
+    """Mean deletion or insertion curve of every method, AUC in the legend (the paper's Figure 6)."""
+    fig = go.Figure()
+    x = np.asarray(curves["fractions"])
+    for method, data in curves["methods"].items():
+        mean = np.asarray(data[kind]["mean"])
+        if mean.size:
+            auc = float(np.trapezoid(mean, x))
+            fig.add_trace(go.Scatter(x=x, y=mean, mode="lines", name=f"{names.get(method, method)} ({auc:.3f})"))
+    what = "deleted" if kind == "deletion" else "inserted"
+    fig.update_layout(
+        title=f"{kind.capitalize()} curve (mean over images; AUC in brackets)",
+        xaxis_title=f"fraction of pixels {what}", yaxis_title="class probability",
+        yaxis_range=[0, 1], template="plotly_white",
+    )
+    return fig
+
+
+def confusion_figure(matrix: list[list[int]], classes: list[str]) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=matrix, x=classes, y=classes, colorscale="Blues", texttemplate="%{z}"))
+    fig.update_layout(
+        title="Confusion matrix", xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+        template="plotly_white",
+    )
+    return fig
+
+
+def roc_figure(classification: dict) -> go.Figure | None:
+    roc = classification.get("roc")
+    if not roc:
+        return None
+    auc = classification.get("roc_auc")
+    label = "n/a" if auc is None or (isinstance(auc, float) and math.isnan(auc)) else f"{auc:.3f}"
+    fig = go.Figure(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name=f"ROC (AUC {label})"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot"}, name="chance"))
+    fig.update_layout(
+        title=f"ROC, positive class: {classification.get('positive_class')}",
+        xaxis_title="1 - specificity", yaxis_title="sensitivity", template="plotly_white",
+    )
+    return fig
+
+
+def export_png(figures: dict[str, go.Figure], folder: Path) -> tuple[list[str], str | None]:
+    """PNG copies through kaleido (needs a Chromium; Debian's /usr/bin/chromium is used when
+    present). Returns (files written, the reason when PNG export failed)."""
+    if os.path.exists(_CHROMIUM):
+        os.environ.setdefault("BROWSER_PATH", _CHROMIUM)
+    try:
+        import plotly.io as pio
+
+        paths = [folder / f"{name}.png" for name in figures]
+        pio.write_images(list(figures.values()), paths)
+    except Exception as exc:  # kaleido/chromium failures come in many types
+        return [], f"PNG export failed ({type(exc).__name__}: {exc}); HTML figures only"
+    return [p.name for p in paths], None
+
+
+def write_figures(folder: Path, metrics: dict, curves: dict, png: bool = True) -> dict:
+    """HTML (and PNG) figures; returns metrics.json's "figures" entry."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {row["method"]: row["name"] for row in metrics["table5"]["rows"]}
+    figures: dict[str, go.Figure] = {}
+    if curves["methods"]:
+        figures["deletion"] = curve_figure(curves, "deletion", names)
+        figures["insertion"] = curve_figure(curves, "insertion", names)
+    cls = metrics["classification"]
+    figures["confusion_matrix"] = confusion_figure(cls["confusion_matrix"], metrics["checkpoint"]["classes"])
+    roc = roc_figure(cls)
+    if roc is not None:
+        figures["roc"] = roc
+    for name, fig in figures.items():
+        # "directory": one plotly.min.js beside the pages, so they open offline.
+        fig.write_html(folder / f"{name}.html", include_plotlyjs="directory")
+        fig.write_json(folder / f"{name}.json")  # for st.plotly_chart(plotly.io.read_json(...))
+    written, problem = export_png(figures, folder) if png else ([], "PNG export not requested")
+    entry = {name: {"html": f"{FIGURES_DIR}/{name}.html", "json": f"{FIGURES_DIR}/{name}.json"} for name in figures}
+    for file in written:
+        entry[Path(file).stem]["png"] = f"{FIGURES_DIR}/{file}"
+    return {"files": entry, "png_problem": problem}
+
+
+def write_reports(out: Path, metrics: dict, pred: Predictions, cams: CamEvaluation, classes: list[str]) -> dict:
+    """Write every report file into `out`; metrics.json last, so its presence means a finished run.
+    Returns metrics.json's content."""
+    out.mkdir(parents=True, exist_ok=True)
+    curves = curves_document(cams)
+    (out / "curves.json").write_text(json.dumps(json_safe(curves)))
+    write_predictions_csv(out / "predictions.csv", pred, classes)
+    safe = json_safe(metrics)
+    (out / "table5.md").write_text(table5_markdown(safe))
+    write_table5_csv(out / "table5.csv", safe)
+    safe["figures"] = write_figures(out / FIGURES_DIR, safe, curves)
+    safe["files"] = {"table5_md": "table5.md", "table5_csv": "table5.csv", "curves": "curves.json",
+                     "predictions": "predictions.csv"}
+    (out / "metrics.json").write_text(json.dumps(safe, indent=2))
+    return safe
