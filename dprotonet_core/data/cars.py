@@ -70,16 +70,12 @@ def cars_items(root: Path, part: str) -> tuple[list[Item], list[str]]:
     image_dir = require(root / f"cars_{part}", "Stanford Cars image folder")
     if (root / "devkit").is_dir():
         classes = _mat_classes(root / "devkit" / "cars_meta.mat")
-        rows = _mat_annotations(
-            root / "devkit" / "cars_train_annos.mat" if part == "train" else _test_mat(root)
-        )
+        rows = _mat_annotations(root / "devkit" / "cars_train_annos.mat" if part == "train" else _test_mat(root))
     elif (root / "names.csv").exists():
         classes = [line.strip() for line in (root / "names.csv").read_text().splitlines() if line.strip()]
         rows = _csv_annotations(root / f"anno_{part}.csv")
     else:
-        raise DatasetLayoutError(
-            f"missing Stanford Cars annotations: {root / 'devkit'} or {root / 'names.csv'}"
-        )
+        raise DatasetLayoutError(f"missing Stanford Cars annotations: {root / 'devkit'} or {root / 'names.csv'}")
     items = []
     for fname, (x1, y1, x2, y2), cls in rows:
         path = require(image_dir / fname, "Stanford Cars image")

@@ -45,11 +45,10 @@ class Item:
     mask_path: Path | None = None
     crop: Box | None = None
     mask_is_dark: bool = False  # PALM masks: lesion pixels are 0 (black), background 255
+    box_frame: tuple[int, int] | None = None  # (h, w) the boxes refer to, when not the file's own size
 
 
-def boxes_to_mask(
-    boxes: Sequence[Box], orig_size: tuple[int, int], out_size: int | tuple[int, int]
-) -> np.ndarray:
+def boxes_to_mask(boxes: Sequence[Box], orig_size: tuple[int, int], out_size: int | tuple[int, int]) -> np.ndarray:
     """Boolean mask (out_h, out_w) covering `boxes` (x, y, w, h in pixels of an image of orig_size=(h, w))."""
     out_h, out_w = (out_size, out_size) if isinstance(out_size, int) else out_size
     orig_h, orig_w = orig_size
@@ -62,9 +61,7 @@ def boxes_to_mask(
     return mask
 
 
-def stratified_split(
-    labels: Sequence[int], val_fraction: float, seed: int = 0
-) -> tuple[list[int], list[int]]:
+def stratified_split(labels: Sequence[int], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
     """Split indices into (train, val) keeping each class's share; deterministic from `seed`.
 
     Every class with at least 2 items puts at least one in each part.
@@ -93,9 +90,7 @@ def split_items(
     if split == "all":
         return list(items)
     labels = [it.label for it in items]
-    rest, test = (
-        stratified_split(labels, test_fraction, seed) if test_fraction > 0 else (list(range(len(items))), [])
-    )
+    rest, test = stratified_split(labels, test_fraction, seed) if test_fraction > 0 else (list(range(len(items))), [])
     if split == "test":
         return [items[i] for i in test]
     tr, va = stratified_split([labels[i] for i in rest], val_fraction, seed + 1)
@@ -185,7 +180,7 @@ class ImageDataset(Dataset):
         item = self.items[index]
         if not item.boxes:
             return []
-        orig_h, orig_w = self._cached(index)[1]
+        orig_h, orig_w = item.box_frame or self._cached(index)[1]
         sx, sy = self.size / orig_w, self.size / orig_h
         return [(x * sx, y * sy, w * sx, h * sy) for x, y, w, h in item.boxes]
 
@@ -200,7 +195,7 @@ class ImageDataset(Dataset):
         if item.mask_path is not None:
             return self._mask_from_file(item)
         if item.boxes:
-            orig = self._cached(index)[1]
+            orig = item.box_frame or self._cached(index)[1]
             boxes = item.boxes
             if item.crop is not None:
                 cx, cy, cw, ch = item.crop

@@ -50,12 +50,7 @@ def load_folder(
     if (root / "train").is_dir():
         train_classes = folder_items(root / "train")[1]
         if split == "all":
-            items = [
-                it
-                for s in SPLIT_NAMES
-                if (root / s).is_dir()
-                for it in folder_items(root / s, train_classes)[0]
-            ]
+            items = [it for s in SPLIT_NAMES if (root / s).is_dir() for it in folder_items(root / s, train_classes)[0]]
         else:
             items = folder_items(require(root / split, f"{split} folder"), train_classes)[0]
         return ImageDataset(items, train_classes, size, transform, cache=cache, name="folder")

@@ -135,9 +135,7 @@ def sniff_kind(data: bytes) -> ImageKind:
     if data[:4] in _TIFF_MAGICS:
         return "tiff"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        raise ImageReadError(
-            "Unsupported file: this is a WebP image; please upload DICOM, PNG, JPEG or TIFF."
-        )
+        raise ImageReadError("Unsupported file: this is a WebP image; please upload DICOM, PNG, JPEG or TIFF.")
     for magic, name in _OTHER_FORMATS:
         if data.startswith(magic):
             raise ImageReadError(f"Unsupported file: this is {name}; please upload DICOM, PNG, JPEG or TIFF.")
@@ -203,9 +201,7 @@ def check_size(width: int, height: int, max_pixels: int, frames: int = 1) -> Non
 # ----------------------------------------------------------------------------------- public entry
 
 
-def read_image(
-    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, window: Window | None = None
-) -> LoadedImage:
+def read_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, window: Window | None = None) -> LoadedImage:
     """Read uploaded bytes (DICOM, PNG, JPEG or TIFF) into a LoadedImage.
 
     `window` overrides the DICOM file's own VOI for grey images (ignored for other formats).
@@ -249,6 +245,8 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 def _parse_dicom(data: bytes) -> Dataset:
     """Parse the DICOM data set (pixel data stays encoded); damaged headers become ImageReadError."""
+    if data[:4] == b"DICM":  # "DICM" prefix without the 128-byte preamble
+        data = bytes(128) + data
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
         ds.file_meta  # noqa: B018 - make sure the meta group was parsed
@@ -267,9 +265,7 @@ def _header_int(ds: Dataset, keyword: str, default: int | None = None) -> int:
     except Exception:
         if default is not None:
             return default
-        raise ImageReadError(
-            f"The DICOM file has no valid {keyword} field, so its image cannot be read."
-        ) from None
+        raise ImageReadError(f"The DICOM file has no valid {keyword} field, so its image cannot be read.") from None
 
 
 def _check_dicom_header(ds: Dataset, max_pixels: int) -> tuple[int, int, int]:
@@ -282,9 +278,7 @@ def _check_dicom_header(ds: Dataset, max_pixels: int) -> tuple[int, int, int]:
     if frames < 1:
         frames = 1
     if samples not in (1, 3):
-        raise ImageReadError(
-            f"The DICOM image has {samples} samples per pixel; only grey or colour are supported."
-        )
+        raise ImageReadError(f"The DICOM image has {samples} samples per pixel; only grey or colour are supported.")
     check_size(cols, rows, max_pixels, frames)
     return rows, cols, frames
 
@@ -306,18 +300,14 @@ def _transfer_syntax(ds: Dataset) -> UID:
 def _check_decoder(uid: UID) -> None:
     """Raise ImageReadError naming the compression when no installed decoder can read `uid`."""
     if not uid.is_transfer_syntax:
-        raise ImageReadError(
-            "The DICOM file declares an unknown encoding (transfer syntax) and cannot be read."
-        )
+        raise ImageReadError("The DICOM file declares an unknown encoding (transfer syntax) and cannot be read.")
     try:
         decoder = get_decoder(uid)
         available = decoder.is_available
     except Exception:
         available = False
     if not available:
-        raise ImageReadError(
-            f"The DICOM file uses {uid.name} compression, which this software cannot decode."
-        )
+        raise ImageReadError(f"The DICOM file uses {uid.name} compression, which this software cannot decode.")
 
 
 def _decode_first_frame(ds: Dataset, uid: UID) -> np.ndarray:
@@ -468,9 +458,7 @@ def _open_pillow(data: bytes, kind: str) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[kind]])
     except Image.DecompressionBombError:
-        raise ImageReadError(
-            "The image is too large: it declares more pixels than is safe to decode."
-        ) from None
+        raise ImageReadError("The image is too large: it declares more pixels than is safe to decode.") from None
     except Exception:
         raise ImageReadError(f"The {_KIND_NAMES[kind]} file is damaged and cannot be read.") from None
 
@@ -488,9 +476,7 @@ def _read_pillow(data: bytes, kind: ImageKind, max_pixels: int) -> LoadedImage:
         try:
             img.load()
         except Exception:
-            raise ImageReadError(
-                f"The {_KIND_NAMES[kind]} file is damaged or incomplete and cannot be read."
-            ) from None
+            raise ImageReadError(f"The {_KIND_NAMES[kind]} file is damaged or incomplete and cannot be read.") from None
         metadata = {"Format": _KIND_NAMES[kind], "Rows": str(height), "Columns": str(width), "Mode": img.mode}
         try:
             img = ImageOps.exif_transpose(img)
@@ -620,9 +606,7 @@ def window_presets(loaded: LoadedImage) -> dict[str, Window]:
         presets["lung"] = Window(-600.0, 1500.0, "lung (HU)")
         presets["bone"] = Window(400.0, 1800.0, "bone (HU)")
         return presets
-    p = np.percentile(
-        values[:: max(1, values.shape[0] // 256), :: max(1, values.shape[1] // 256)], [2, 30, 60, 98]
-    )
+    p = np.percentile(values[:: max(1, values.shape[0] // 256), :: max(1, values.shape[1] // 256)], [2, 30, 60, 98])
     span = max(float(p[3] - p[0]), 1.0)
     dark_is_high = loaded.photometric == "MONOCHROME1"
     lung_center = float(p[2] if dark_is_high else p[1])

@@ -67,8 +67,6 @@ def palm_items(image_dir: Path, labels_csv: Path | None = None, mask_dir: Path |
             continue
         mask = _find_mask(Path(mask_dir) if mask_dir else None, path.stem)
         items.append(Item(id=path.stem, path=path, label=label, mask_path=mask, mask_is_dark=True))
-    if not items:
-        raise DatasetLayoutError(f"no labelled PALM images (P*/N*/H*.jpg or CSV-listed) in {image_dir}")
     if csv_labels is not None:
         listed = {it.path.name for it in items}
         missing = sorted(set(csv_labels) - listed)
@@ -76,6 +74,8 @@ def palm_items(image_dir: Path, labels_csv: Path | None = None, mask_dir: Path |
             raise DatasetLayoutError(
                 f"missing {len(missing)} image(s) listed in the CSV, e.g. {image_dir / missing[0]}"
             )
+    if not items:
+        raise DatasetLayoutError(f"no labelled PALM images (P*/N*/H*.jpg or CSV-listed) in {image_dir}")
     return items
 
 
@@ -92,8 +92,6 @@ def load_palm(
     cache: bool = True,
 ) -> ImageDataset:
     """The iChallenge-PM dataset (classes ["non-PM", "PM"]); stratified splits of the given folder."""
-    items = palm_items(
-        Path(root), Path(labels_csv) if labels_csv else None, Path(mask_dir) if mask_dir else None
-    )
+    items = palm_items(Path(root), Path(labels_csv) if labels_csv else None, Path(mask_dir) if mask_dir else None)
     items = split_items(items, split, val_fraction, test_fraction, seed)
     return ImageDataset(items, CLASSES, size, transform, cache=cache, name="ichallenge-pm")

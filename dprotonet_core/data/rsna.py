@@ -28,6 +28,7 @@ from dprotonet_core.data.datasets import (
 CLASSES = ["no pneumonia", "pneumonia"]
 LABELS_CSV = "stage_2_train_labels.csv"
 IMAGES_DIR = "stage_2_train_images"
+BOX_FRAME = 1024  # the labels' boxes are in pixels of the 1024 x 1024 originals, whatever the file size
 _COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 
 __all__ = ["CLASSES", "boxes_to_mask", "load_rsna", "read_rsna_labels"]
@@ -58,7 +59,8 @@ def rsna_items(root: Path) -> list[Item]:
     images = require(root / IMAGES_DIR, "RSNA image folder")
     items = []
     for pid, (target, boxes) in read_rsna_labels(csv_path).items():
-        items.append(Item(id=pid, path=images / f"{pid}.dcm", label=target, boxes=boxes))
+        path = images / f"{pid}.dcm"
+        items.append(Item(id=pid, path=path, label=target, boxes=boxes, box_frame=(BOX_FRAME, BOX_FRAME)))
     absent = [it.path for it in items if not it.path.exists()]
     if absent:
         raise DatasetLayoutError(f"missing {len(absent)} RSNA DICOM file(s), e.g. {absent[0]}")

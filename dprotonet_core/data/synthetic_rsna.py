@@ -89,9 +89,7 @@ def _add_headers(patients: dict[str, Patient], headers_csv: Path) -> None:
                 pass
 
 
-def choose_patients(
-    patients: Sequence[Patient], n: int, seed: int, positive_fraction: float | None
-) -> list[Patient]:
+def choose_patients(patients: Sequence[Patient], n: int, seed: int, positive_fraction: float | None) -> list[Patient]:
     """Pick n patients deterministically: at the real prevalence, or with the given positive share."""
     rng = np.random.default_rng([seed, 7])
     if n > len(patients):
@@ -131,9 +129,7 @@ def _pts(points: np.ndarray, size: int) -> np.ndarray:
 def _polyline(layer: np.ndarray, points: np.ndarray, thickness: float, value: float = 1.0) -> None:
     """Draw an anti-aliased open polyline of normalised points into `layer` (in place)."""
     size = layer.shape[0]
-    cv2.polylines(
-        layer, [_pts(points, size)], False, value, max(1, int(round(thickness * size))), cv2.LINE_AA, shift=4
-    )
+    cv2.polylines(layer, [_pts(points, size)], False, value, max(1, int(round(thickness * size))), cv2.LINE_AA, shift=4)
 
 
 def _ellipse(
@@ -338,9 +334,7 @@ def _positioning(density: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     size = density.shape[0]
     matrix = cv2.getRotationMatrix2D((size / 2, size / 2), rng.uniform(-3, 3), rng.uniform(0.96, 1.04))
     matrix[:, 2] += rng.uniform(-0.015, 0.015, 2) * size
-    return cv2.warpAffine(
-        density, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
-    )
+    return cv2.warpAffine(density, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 # ----------------------------------------------------------------------------------------- opacities
@@ -392,22 +386,20 @@ def _marker(image: np.ndarray, rng: np.random.Generator) -> None:
     corner = rng.choice([0.05, 0.88])
     org = (int(corner * size), int(rng.uniform(0.06, 0.12) * size))
     layer = np.zeros(image.shape, np.uint8)
-    cv2.putText(
-        layer, letter, org, cv2.FONT_HERSHEY_SIMPLEX, size / 400, 255, max(1, size // 200), cv2.LINE_AA
-    )
+    cv2.putText(layer, letter, org, cv2.FONT_HERSHEY_SIMPLEX, size / 400, 255, max(1, size // 200), cv2.LINE_AA)
     np.maximum(image, layer.astype(np.float32) * (0.95 / 255), out=image)
 
 
 def render(patient: Patient, size: int, seed: int) -> np.ndarray:
     """One synthetic radiograph (size x size uint8) for a patient; deterministic in (seed, patientId)."""
-    rng = np.random.default_rng([seed, int(patient.patient_id.replace("-", "")[:15], 16)])
+    key = int(patient.patient_id.replace("-", "")[:15], 16)
+    rng = np.random.default_rng([seed, key])
     work = min(size, WORK_SIZE)
     anatomy = Anatomy.sample(rng, patient)
     density = _positioning(anatomy_density(anatomy, work, rng), rng)
     if patient.target == 1:
-        density = add_opacities(density, patient.boxes, rng)
-    else:
-        rng.random()  # keep the draws after this point aligned across labels
+        # a separate stream: anatomy, exposure and noise are drawn identically whatever the label
+        density = add_opacities(density, patient.boxes, np.random.default_rng([seed, key, 1]))
     image = expose(density.astype(np.float32), rng)
     if rng.random() < 0.7:
         _marker(image, rng)
