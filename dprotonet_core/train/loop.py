@@ -1,0 +1,492 @@
+"""The DProtoNet trainer: the schedule of phases (phases.py), eq. 4 (losses.py), multi-image
+prototype learning (projection.py), model selection on a validation split carved from the
+training data, resumable state, a JSON-lines log, and the final checkpoint with its card.
+
+Programmatic use::
+
+    from dprotonet_core.config import ModelConfig, TrainConfig
+    from dprotonet_core.train.loop import TrainOptions, train
+
+    result = train(dataset, "runs/palm", ModelConfig(backbone="small_resnet", input_size=224),
+                   TrainConfig(epochs=6), options=TrainOptions(classes=["non-PM", "PM"]))
+    result.checkpoint, result.val_accuracy
+
+`dataset` is any torch Dataset of (image (3, S, S) float in [0, 1], label), un-augmented;
+the trainer augments the training part itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from dprotonet_core.checkpoint import load_checkpoint, save_checkpoint
+from dprotonet_core.config import LossConfig, ModelConfig, TrainConfig, to_dict
+from dprotonet_core.model.dprotonet import (
+    BackboneClassifier,
+    DProtoNet,
+    class_logits,
+    feature_vectors,
+    prototype_activation,
+    similarity_score,
+)
+from dprotonet_core.train import resume as resume_state
+from dprotonet_core.train.data import SubsetView, Transform, paper_augmentation, stratified_split
+from dprotonet_core.train.losses import total_loss
+from dprotonet_core.train.phases import Phase, joint_phase, last_layer_phase, schedule, warm_phase
+from dprotonet_core.train.projection import dataset_ids, dataset_labels, project_prototypes, prototype_records
+
+LOG_FILE = "train_log.jsonl"
+_MASK_KEY = "feature_masks"
+
+
+@dataclass
+class TrainOptions:
+    """How to run (not what to learn: that is ModelConfig / TrainConfig / LossConfig)."""
+
+    classes: Sequence[str] | None = None  # names, position = label; default: dataset.classes or "class i"
+    augment: Transform | None = None  # training augmentation; None: the paper's (section 4.3)
+    backbone_weights: str | None = None  # local file; None: random init (lr_backbone_scratch applies)
+    device: str | None = None  # None: cuda when available, else cpu
+    amp: bool = True  # mixed precision for f_b/f_a on CUDA (ignored on CPU)
+    threads: int | None = None  # torch.set_num_threads
+    dtype: str = "float32"  # of the saved checkpoint: float32 | float16
+    baseline: bool = False  # also train the backbone-only classifier (Table 3)
+    resume: bool = False  # continue an interrupted run in the same out_dir
+    progress: bool = True  # tqdm bars on stderr
+    card: dict = field(default_factory=dict)  # extra card fields: task, training_data, synthetic, ...
+    command_line: str | None = None
+    stop_after: int | None = None  # run at most this many schedule steps now; `resume` continues
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path | None  # None when the run stopped early (stop_after) and is to be resumed
+    val_accuracy: float  # of the saved (selected) model, on the validation split
+    selected: dict  # the log entry of the selected state
+    history: list[dict]
+    baseline_val_accuracy: float | None = None
+    card: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------ environment
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) and ask for deterministic kernels where torch has them."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    """Each step reseeds from (seed, step), so a resumed run draws what an unbroken one would."""
+    return seed * 100_003 + step
+
+
+# ------------------------------------------------------------------------------ forward / epochs
+
+
+def forward(model: DProtoNet, x: torch.Tensor, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, distances s) with f_b and f_a under fp16 autocast when `amp`, and eq. 8, 1, 2, 3 in
+    float32 (eq. 1's expansion and eq. 2's epsilon are not safe in half precision)."""
+    with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
+        fmap = model.feature_map(x)
+    z = feature_vectors(fmap.float(), model.feature_masks)
+    s = similarity_score(z, model.prototypes)
+    g = prototype_activation(s, model.config.epsilon)
+    return class_logits(g, model.last_layer.weight), s
+
+
+def _set_modes(model: DProtoNet, phase: Phase) -> None:
+    """Train mode for the parts the phase trains; eval (frozen batch-norm statistics) for the rest,
+    so a last-layer epoch leaves the projected prototypes' features exactly as they were."""
+    model.train()
+    if not phase.trains("backbone"):
+        model.backbone.eval()
+    if not phase.trains("shaping"):
+        model.shaping.eval()
+
+
+def run_epoch(
+    model: DProtoNet,
+    loader: DataLoader,
+    phase: Phase,
+    optimizer: torch.optim.Optimizer,
+    loss_config: LossConfig,
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None,
+    label_smoothing: float = 0.0,
+    desc: str = "",
+    progress: bool = True,
+) -> dict[str, float]:
+    """One epoch of `phase`; returns the mean loss parts and the training accuracy."""
+    phase.apply(model)
+    _set_modes(model, phase)
+    amp = scaler is not None
+    sums: dict[str, float] = {}
+    correct = seen = 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, file=sys.stderr)
+    for x, y in bar:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits, s = forward(model, x, amp)
+        parts = total_loss(
+            logits, s, y, model.prototype_class_identity, model.last_layer.weight, loss_config, label_smoothing
+        )
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(parts.total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            parts.total.backward()
+            optimizer.step()
+        n = y.shape[0]
+        for key, value in parts.as_floats().items():
+            sums[key] = sums.get(key, 0.0) + value * n
+        correct += int((logits.argmax(1) == y).sum())
+        seen += n
+        bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", acc=f"{correct / seen:.3f}")
+    out = {k: v / max(seen, 1) for k, v in sums.items()}
+    out["train_accuracy"] = correct / max(seen, 1)
+    return out
+
+
+@torch.inference_mode()
+def accuracy(model: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> float | None:
+    """Accuracy on an un-augmented dataset, model in eval mode (restored after); None if empty."""
+    if len(dataset) == 0:
+        return None
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        out = model(x.to(device))
+        logits = out if torch.is_tensor(out) else out.logits
+        correct += int((logits.argmax(1).cpu() == y).sum())
+    model.train(was_training)
+    return correct / len(dataset)
+
+
+# ------------------------------------------------------------------------------ the trainer
+
+
+class _Run:
+    """State of one training run (kept out of module globals)."""
+
+    def __init__(self, dataset, val_dataset, out_dir, model_config, train_config, loss_config, options):
+        self.out = Path(out_dir)
+        self.model_config, self.cfg, self.loss_cfg, self.opt = model_config, train_config, loss_config, options
+        self.device = pick_device(options.device)
+        self.amp = bool(options.amp and self.device.type == "cuda")
+        labels = dataset_labels(dataset)
+        ids = dataset_ids(dataset)
+        self.classes = list(options.classes or getattr(dataset, "classes", None) or
+                            [f"class {i}" for i in range(max(labels) + 1)])
+        if len(self.classes) != model_config.num_classes:
+            self.model_config = replace(model_config, num_classes=len(self.classes))
+        if val_dataset is None:
+            train_idx, val_idx = stratified_split(labels, train_config.val_fraction, train_config.seed)
+            self.val = SubsetView(dataset, val_idx, None, labels, ids)
+            self.split = "carved here: stratified, val_fraction and seed of train_config"
+        else:
+            train_idx = list(range(len(labels)))
+            self.val = SubsetView(val_dataset, range(len(val_dataset)))
+            self.split = "given: the data loader's 'val' split of the training data"
+        augment = options.augment or paper_augmentation(self.model_config.input_size)
+        self.train_plain = SubsetView(dataset, train_idx, None, labels, ids)
+        self.train_aug = self.train_plain.with_transform(augment)
+        self.augment = augment
+        self.labels, self.ids = labels, ids
+        self.pretrained = options.backbone_weights is not None
+        self.phases = {
+            "warm": warm_phase(train_config),
+            "joint": joint_phase(train_config, self.pretrained),
+            "last_layer": last_layer_phase(train_config),
+        }
+
+    def loader(self, step: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(_step_seed(self.cfg.seed, step))
+        return DataLoader(
+            self.train_aug,
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=self.cfg.num_workers,
+            drop_last=len(self.train_aug) > self.cfg.batch_size,
+            pin_memory=self.device.type == "cuda",
+        )
+
+
+def _log(out: Path, entry: dict) -> None:
+    with open(out / LOG_FILE, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def _fp16_round_trip(model: DProtoNet) -> DProtoNet:
+    """A copy whose float tensors went through float16, as loading a float16 checkpoint gives."""
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, tensor in twin.state_dict().items():
+            if tensor.is_floating_point() and name != _MASK_KEY:
+                tensor.copy_(tensor.half().float())
+    return twin
+
+
+def train(
+    dataset: Dataset,
+    out_dir: str | Path,
+    model_config: ModelConfig,
+    train_config: TrainConfig | None = None,
+    loss_config: LossConfig | None = None,
+    options: TrainOptions | None = None,
+    val_dataset: Dataset | None = None,
+) -> TrainResult:
+    """Train a DProtoNet and write the selected model to `out_dir` as a checkpoint folder.
+
+    `dataset` (and `val_dataset`, when given) yield un-augmented (image (3, S, S) in [0, 1], label).
+    Without `val_dataset`, a stratified `train_config.val_fraction` of `dataset` is carved off
+    for model selection. Never pass a test set as `val_dataset`.
+
+    Steps follow `phases.schedule(train_config)`. Candidates for selection are the states
+    whose prototypes are projected (right after each push and after each last-layer epoch);
+    the one with the best validation accuracy is saved. The log is `out_dir/train_log.jsonl`.
+    """
+    cfg = train_config or TrainConfig()
+    loss_cfg = loss_config or LossConfig()
+    opts = options or TrainOptions()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    seed_everything(cfg.seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run = _Run(dataset, val_dataset, out, model_config, cfg, loss_cfg, opts)
+    model = DProtoNet(run.model_config, opts.backbone_weights).to(run.device)
+    scaler = torch.amp.GradScaler("cuda") if run.amp else None
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    steps = schedule(cfg)
+    history: list[dict] = []
+    best: dict | None = None
+    projection = None  # records/images of the current prototypes once projected
+    start = 0
+
+    saved = resume_state.read_state(out) if opts.resume else None
+    if saved is not None:
+        state, tensors = saved
+        start, history, best = state["next_step"], state["history"], state["best"]
+        model.load_state_dict(load_checkpoint(resume_state.resume_dir(out) / "last").model.state_dict())
+        model.requires_grad_(True)
+        for name in state["optimizers"]:
+            optimizers[name] = run.phases[name].optimizer(model, cfg.weight_decay)
+            saved_state = resume_state.optimizer_state_from_files(name, tensors, state["optimizers"])
+            optimizers[name].load_state_dict(saved_state)
+        projection = state.get("projection")
+    elif (out / LOG_FILE).exists():
+        (out / LOG_FILE).unlink()
+
+    last_ckpt = resume_state.resume_dir(out) / "last"
+    end = len(steps) if opts.stop_after is None else min(len(steps), start + opts.stop_after)
+    for index in range(start, end):
+        step = steps[index]
+        torch.manual_seed(_step_seed(cfg.seed, index))
+        t0 = time.perf_counter()
+        entry: dict = {"step": index, "epoch": step.epoch + 1, "phase": step.phase or "push"}
+        if step.kind == "push":
+            result = project_prototypes(
+                model, run.train_plain, views=cfg.projection_views, augment=run.augment,
+                labels=run.train_plain.labels, batch_size=cfg.batch_size, device=run.device,
+                generator_seed=_step_seed(cfg.seed, index),
+            )
+            records = prototype_records(result, run.classes, model.prototype_classes().tolist())
+            projection = {"records": [r.__dict__ for r in records], "views": result.views,
+                          "distances": result.distances}
+            _save_state_checkpoint(model, last_ckpt, run, records, result.images)
+            entry["views"] = result.views
+        else:
+            phase = run.phases[step.phase]
+            if step.phase not in optimizers:
+                optimizers[step.phase] = phase.optimizer(model, cfg.weight_decay)
+            desc = f"epoch {step.epoch + 1}/{cfg.epochs} {step.phase}"
+            entry.update(run_epoch(model, run.loader(index), phase, optimizers[step.phase], loss_cfg,
+                                   run.device, scaler, cfg.label_smoothing, desc, opts.progress))
+        entry["val_accuracy"] = accuracy(model, run.val, cfg.batch_size, run.device)
+        entry["projected"] = projection is not None and (step.kind == "push" or step.phase == "last_layer")
+        entry["seconds"] = round(time.perf_counter() - t0, 3)
+        history.append(entry)
+        _log(out, entry)
+        if opts.progress:
+            print(json.dumps(entry), file=sys.stderr)
+        if step.kind == "epoch" and projection is not None:
+            _save_state_checkpoint(model, last_ckpt, run, _records(projection), _images_of(last_ckpt))
+        elif step.kind == "epoch":
+            _save_state_checkpoint(model, last_ckpt, run, None, None)
+        if entry["projected"] and _better(entry, best):
+            best = entry
+            _save_state_checkpoint(model, resume_state.resume_dir(out) / "best", run,
+                                   _records(projection), _images_of(last_ckpt))
+        resume_state.write_state(out, {"next_step": index + 1, "history": history, "best": best,
+                                       "projection": projection}, optimizers)
+
+    if end < len(steps):
+        return TrainResult(None, (best or {}).get("val_accuracy") or 0.0, best or {}, history)
+    return _finish(run, out, history, best, projection)
+
+
+def _better(entry: dict, best: dict | None) -> bool:
+    """Strictly better validation accuracy; without a validation split, the latest state wins."""
+    if best is None or entry["val_accuracy"] is None:
+        return True
+    return entry["val_accuracy"] > best["val_accuracy"]
+
+
+def _records(projection: dict):
+    from dprotonet_core.checkpoint import PrototypeRecord
+
+    return [PrototypeRecord.from_dict(r) for r in projection["records"]]
+
+
+def _images_of(folder: Path):
+    import numpy as np
+    from PIL import Image
+
+    index = json.loads((folder / "prototypes" / "index.json").read_text())
+    images = []
+    for record in index:
+        with Image.open(folder / "prototypes" / record["image"]) as im:
+            images.append(np.asarray(im.convert("RGB")))
+    return images
+
+
+def _save_state_checkpoint(model, folder: Path, run: _Run, records, images) -> None:
+    """A resume-state checkpoint folder (same safe format as the final one)."""
+    if records is None and (folder / "prototypes").is_dir():
+        for path in (folder / "prototypes").iterdir():
+            path.unlink()
+    save_checkpoint(model, folder, {"classes": run.classes, "resume_state": True}, records, images)
+
+
+def _finish(run: _Run, out: Path, history: list[dict], best: dict | None, projection) -> TrainResult:
+    """Load the selected state, measure it, optionally train the baseline, write the final checkpoint."""
+    opts, cfg = run.opt, run.cfg
+    selected_dir = resume_state.resume_dir(out) / "best"
+    chosen = load_checkpoint(selected_dir)
+    model = chosen.model.to(run.device)
+    val_acc = accuracy(model, run.val, cfg.batch_size, run.device)
+    metrics: dict = {
+        "val_accuracy": val_acc,
+        "val_images": len(run.val),
+        "train_images": len(run.train_plain),
+        "measured_on": "validation split carved (stratified) from the training data; never a test set",
+        "selected_step": best["step"] if best else None,
+        "selected_epoch": best["epoch"] if best else None,
+    }
+    if opts.dtype == "float16":
+        fp16_acc = accuracy(_fp16_round_trip(model), run.val, cfg.batch_size, run.device)
+        metrics.update({"val_accuracy_fp32": val_acc, "val_accuracy_fp16": fp16_acc,
+                        "fp16_accuracy_change": None if val_acc is None else fp16_acc - val_acc})
+    baseline = None
+    if opts.baseline:
+        baseline = train_baseline(run)
+        metrics.update({f"baseline_{k}": v for k, v in baseline.items()})
+    epoch_seconds = [h["seconds"] for h in history if h["phase"] != "push"]
+    card = _card(run, metrics, history, epoch_seconds)
+    save_checkpoint(model, out, card, chosen.prototypes, [chosen.prototype_image(i) for i in
+                                                           range(len(chosen.prototypes))], dtype=opts.dtype)
+    return TrainResult(out, val_acc or 0.0, best or {}, history,
+                       baseline["val_accuracy"] if baseline else None, card)
+
+
+def _card(run: _Run, metrics: dict, history: list[dict], epoch_seconds: list[float]) -> dict:
+    opts, cfg, mc = run.opt, run.cfg, run.model_config
+    all_labels = run.train_plain.labels + run.val.labels
+    counts = {name: all_labels.count(i) for i, name in enumerate(run.classes)}
+    card = {
+        "classes": run.classes,
+        "task": "image classification",
+        "backbone": mc.backbone,
+        "backbone_weights": Path(opts.backbone_weights).name if opts.backbone_weights else "random initialisation",
+        "input_size": mc.input_size,
+        "normalisation": {"input": "RGB pixels in [0, 1]; the model subtracts mean and divides by std itself",
+                          "mean": list(mc.mean), "std": list(mc.std)},
+        "training_data": {
+            "images": len(all_labels),
+            "class_counts": counts,
+            "split": {"validation": run.split, "val_fraction": cfg.val_fraction, "seed": cfg.seed,
+                      "train_images": len(run.train_plain), "val_images": len(run.val), "val_ids": run.val.ids},
+        },
+        "seed": cfg.seed,
+        "train_config": to_dict(cfg),
+        "loss_config": to_dict(run.loss_cfg),
+        "projection": {"views": cfg.projection_views, "augmented": True},
+        "metrics": metrics,
+        "epoch_seconds": epoch_seconds,
+        "device": str(run.device) + (" (amp)" if run.amp else ""),
+        "threads": torch.get_num_threads(),
+        "command_line": opts.command_line or " ".join(sys.argv),
+        "intended_use": "Research on interpretable image classification; not a medical device.",
+        "warnings": ["Research software, not a medical device: not for diagnosis or treatment decisions."],
+    }
+    for key, value in opts.card.items():
+        if isinstance(value, dict) and isinstance(card.get(key), dict):
+            card[key] = {**card[key], **value}
+        else:
+            card[key] = value
+    return card
+
+
+# ------------------------------------------------------------------------------ Table 3 baseline
+
+
+def train_baseline(run: _Run, log: Callable[[dict], None] | None = None) -> dict:
+    """The backbone-only classifier (f_b, GAP, linear) on the same split, augmentation and number of
+    epochs; Adam with f_b at DProtoNet's backbone rate and the linear layer at lr_shaping. Returns
+    {"val_accuracy", "epoch", "seconds_per_epoch"} of its best validation epoch."""
+    cfg = run.cfg
+    torch.manual_seed(cfg.seed)
+    net = BackboneClassifier(run.model_config, run.opt.backbone_weights).to(run.device)
+    lr_b = cfg.lr_backbone if run.pretrained else cfg.lr_backbone_scratch
+    optimizer = torch.optim.Adam([
+        {"params": net.backbone.parameters(), "lr": lr_b, "weight_decay": cfg.weight_decay},
+        {"params": net.fc.parameters(), "lr": cfg.lr_shaping},
+    ])
+    best = {"val_accuracy": None, "epoch": None}
+    seconds = []
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        torch.manual_seed(_step_seed(cfg.seed, epoch))
+        net.train()
+        bar = tqdm(run.loader(epoch), desc=f"baseline {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not run.opt.progress, file=sys.stderr)
+        for x, y in bar:
+            x, y = x.to(run.device), y.to(run.device)
+            loss = torch.nn.functional.cross_entropy(net(x), y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        acc = accuracy(net, run.val, cfg.batch_size, run.device)
+        seconds.append(round(time.perf_counter() - t0, 3))
+        entry = {"phase": "baseline", "epoch": epoch + 1, "val_accuracy": acc, "seconds": seconds[-1]}
+        _log(run.out, entry)
+        if log:
+            log(entry)
+        if best["val_accuracy"] is None or (acc or 0.0) > best["val_accuracy"]:
+            best = {"val_accuracy": acc, "epoch": epoch + 1}
+    best["seconds_per_epoch"] = sum(seconds) / max(len(seconds), 1)
+    return best
