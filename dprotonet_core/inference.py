@@ -1,0 +1,151 @@
+"""Prediction with its reasoning ("this looks like that"), for the CLI, the app and evaluation.
+
+    x01 = preprocess(image, size)            # (1, 3, S, S) float in [0, 1]
+    result = predict(model, x01, classes)    # Prediction
+
+`Prediction.reasoning` is the table the review page shows: for the predicted class c and
+each prototype j, the activation g_pj (eq. 2), the last-layer weight w_j^c, the
+contribution w_j^c g_pj and its share of the logit p(y^c|x) = sum_j w_j^c g_pj (eq. 3).
+
+Thread safety: `predict` runs under `torch.inference_mode`, reads the model and never
+changes it (no mode switch, no hooks, no cached state), and this module holds no mutable
+globals, so concurrent calls on one eval-mode model are safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from dprotonet_core.model.dprotonet import DProtoNet
+
+
+@dataclass(frozen=True)
+class PrototypeContribution:
+    """One row of the reasoning table."""
+
+    prototype: int  # j
+    class_index: int  # the class the prototype belongs to
+    class_name: str
+    similarity: float  # g_pj(x), eq. 2
+    weight: float  # w_j^c of the predicted class c
+    contribution: float  # w_j^c * g_pj(x)
+    share: float  # contribution / logit of c (NaN when that logit is 0)
+    mask_index: int  # j_x = argmin_i s(z_i(x), P_j): the feature mask that matched (MDM's detection node)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's decision on one image, with every number the reasoning table needs."""
+
+    class_index: int
+    class_name: str
+    probabilities: list[float]  # softmax of the logits, in the order of `classes`
+    logits: list[float]
+    reasoning: list[PrototypeContribution]  # all prototypes, largest contribution first
+
+    def top_prototypes(self, k: int = 5) -> list[PrototypeContribution]:
+        return self.reasoning[:k]
+
+    def to_json(self, top_k: int = 5) -> dict:
+        """The CLI's JSON fields: prediction, class_index, probabilities, top_prototypes."""
+        return {
+            "prediction": self.class_name,
+            "class_index": self.class_index,
+            "probabilities": [round(p, 6) for p in self.probabilities],
+            "top_prototypes": [
+                {
+                    "prototype": row.prototype,
+                    "class": row.class_name,
+                    "similarity": round(row.similarity, 6),
+                    "weight": round(row.weight, 6),
+                    "contribution": round(row.contribution, 6),
+                }
+                for row in self.top_prototypes(top_k)
+            ],
+        }
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def preprocess(image: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """An image as the model's input (1, 3, S, S) float in [0, 1].
+
+    Accepts uint8 (H, W[, 3]), float [0, 1] (H, W[, 3]), or a (3, H, W) / (1, 3, H, W) tensor in [0, 1].
+    Resized with the data package's function, so uploads and training images match.
+    """
+    from dprotonet_core.data.io import pixels_to_tensor, resize_square
+
+    if isinstance(image, torch.Tensor):
+        x = image.float()
+        x = x[0] if x.dim() == 4 else x
+    else:
+        pixels = np.asarray(image)
+        if pixels.dtype == np.uint8:
+            pixels = pixels.astype(np.float32) / 255.0
+        x = pixels_to_tensor(pixels.astype(np.float32), 3)
+    return resize_square(x, size)[None]
+
+
+def default_classes(model: DProtoNet) -> list[str]:
+    return [f"class {i}" for i in range(model.config.num_classes)]
+
+
+def predict(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | None = None) -> Prediction:
+    """Classify one image (1, 3, S, S) or (3, S, S) in [0, 1] and explain the decision by prototypes.
+
+    The model must be in eval mode (`load_checkpoint` returns it so); it is not switched here,
+    so one model can serve several threads.
+    """
+    if model.training:
+        raise ValueError("predict needs the model in eval mode (call model.eval() once, before sharing it)")
+    return predict_batch(model, x01 if x01.dim() == 4 else x01[None], classes)[0]
+
+
+def predict_batch(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | None = None) -> list[Prediction]:
+    """`predict` for a batch (B, 3, S, S): one Prediction per image."""
+    if model.training:
+        raise ValueError("predict needs the model in eval mode (call model.eval() once, before sharing it)")
+    names = list(classes) if classes is not None else default_classes(model)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model(x01.to(device=device, dtype=torch.float32))
+        logits = out.logits.float().cpu()
+        g = out.activations.float().cpu()
+        mask_index = out.distances.argmin(dim=1).cpu()  # (B, K)
+        weight = model.last_layer.weight.float().cpu()  # (C, K)
+        proto_class = model.prototype_classes().cpu().tolist()
+    probabilities = torch.softmax(logits, dim=1)
+    results = []
+    for b in range(logits.shape[0]):
+        c = int(logits[b].argmax())
+        contributions = weight[c] * g[b]
+        logit = float(logits[b, c])
+        order = torch.argsort(contributions, descending=True).tolist()
+        rows = [
+            PrototypeContribution(
+                prototype=j,
+                class_index=proto_class[j],
+                class_name=names[proto_class[j]],
+                similarity=float(g[b, j]),
+                weight=float(weight[c, j]),
+                contribution=float(contributions[j]),
+                share=float(contributions[j]) / logit if logit != 0 else float("nan"),
+                mask_index=int(mask_index[b, j]),
+            )
+            for j in order
+        ]
+        results.append(
+            Prediction(
+                class_index=c,
+                class_name=names[c],
+                probabilities=probabilities[b].tolist(),
+                logits=logits[b].tolist(),
+                reasoning=rows,
+            )
+        )
+    return results
