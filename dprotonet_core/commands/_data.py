@@ -1,0 +1,47 @@
+"""Shared by train and project: load a dataset's training and validation splits, un-augmented."""
+
+from __future__ import annotations
+
+import argparse
+
+from dprotonet_core.data.datasets import DatasetLayoutError, ImageDataset
+from dprotonet_core.data.registry import HFLIP, LOADERS, load_dataset
+from dprotonet_core.data.transforms import train_transform
+
+TASKS = {
+    "ichallenge-pm": "pathologic myopia vs. not, from colour fundus photographs",
+    "rsna": "pneumonia vs. not, from chest radiographs",
+    "cub": "bird species (CUB-200-2011)",
+    "cars": "car model (Stanford Cars)",
+    "folder": "image classification (class-per-folder data)",
+}
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, choices=sorted(LOADERS), help="layout of --data")
+    parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder")
+
+
+def load_splits(
+    name: str, root: str, size: int, val_fraction: float, seed: int
+) -> tuple[ImageDataset, ImageDataset | None]:
+    """(train, val) of the loader's splits, both without transform; val is None when the layout
+    has no validation part (the trainer then carves one from train)."""
+    train = load_dataset(name, root, "train", size, transform=None, seed=seed, val_fraction=val_fraction)
+    try:
+        val = load_dataset(name, root, "val", size, transform=None, seed=seed, val_fraction=val_fraction)
+    except DatasetLayoutError:
+        val = None
+    if val is not None and len(val) == 0:
+        val = None
+    return train, val
+
+
+def augmentation(name: str, size: int, seed: int):
+    """The training augmentation of section 4.3, as the data package defines it for this dataset.
+
+    Unseeded on purpose: it then draws from torch's global generator, which the trainer reseeds
+    from (seed, step) at every step, so an interrupted and resumed run draws what an unbroken one
+    would. (`seed` is accepted for symmetry and unused.)"""
+    del seed
+    return train_transform(size, None, hflip=HFLIP.get(name, False))
