@@ -1,0 +1,42 @@
+"""inference.predict: the reasoning table adds up to the logit (eq. 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dprotonet_core.inference import predict, predict_batch, preprocess
+
+
+def test_reasoning_rows_add_up_to_the_logit(tiny_model, tiny_config):
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, tiny_config.input_size, tiny_config.input_size)
+    result = predict(tiny_model, x, ["a", "b"])
+    with torch.no_grad():
+        logits = tiny_model(x).logits[0]
+    assert result.class_index == int(logits.argmax()) and result.class_name == "ab"[result.class_index]
+    assert sum(r.contribution for r in result.reasoning) == pytest.approx(float(logits.max()), rel=1e-5)
+    assert sum(r.share for r in result.reasoning) == pytest.approx(1.0, rel=1e-5)
+    contributions = [r.contribution for r in result.reasoning]
+    assert contributions == sorted(contributions, reverse=True)
+    assert all(r.contribution == pytest.approx(r.weight * r.similarity, rel=1e-5) for r in result.reasoning)
+    assert sum(result.probabilities) == pytest.approx(1.0, rel=1e-6)
+    assert set(result.to_json(2)) == {"prediction", "class_index", "probabilities", "top_prototypes"}
+
+
+def test_batch_matches_single_and_eval_mode_required(tiny_model, tiny_config):
+    x = torch.rand(3, 3, tiny_config.input_size, tiny_config.input_size)
+    batch = predict_batch(tiny_model, x)
+    assert [p.class_index for p in batch] == [predict(tiny_model, x[i]).class_index for i in range(3)]
+    tiny_model.train()
+    with pytest.raises(ValueError, match="eval mode"):
+        predict(tiny_model, x[0])
+
+
+def test_preprocess_uint8_and_tensor():
+    image = np.zeros((10, 20, 3), np.uint8)
+    image[..., 0] = 255
+    x = preprocess(image, 16)
+    assert x.shape == (1, 3, 16, 16) and float(x[0, 0].min()) == pytest.approx(1.0)
+    assert preprocess(torch.rand(3, 16, 16), 16).shape == (1, 3, 16, 16)
