@@ -117,7 +117,7 @@ def predict_batch(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | 
         logits = out.logits.float().cpu()
         g = out.activations.float().cpu()
         mask_index = out.distances.argmin(dim=1).cpu()  # (B, K)
-        weight = model.last_layer.weight.float().cpu()  # (C, K)
+        weight = model.last_layer.weight.detach().float().cpu().clone()  # (C, K), a plain tensor
         proto_class = model.prototype_classes().cpu().tolist()
     probabilities = torch.softmax(logits, dim=1)
     results = []
