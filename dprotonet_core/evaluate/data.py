@@ -69,11 +69,22 @@ def held_out_ids(card: dict) -> list[str]:
     return [str(i) for i in split.get("val_ids") or []]
 
 
+def _split_options(card: dict) -> dict:
+    """The seed and validation fraction the checkpoint was trained with, so the loader's splits
+    are the trainer's splits."""
+    options = {"seed": int(card.get("seed", 0))}
+    fraction = ((card.get("training_data") or {}).get("split") or {}).get("val_fraction")
+    if fraction is not None:
+        options["val_fraction"] = float(fraction)
+    return options
+
+
 def load_eval_data(name: str, root: str | Path, split: str, size: int, card: dict) -> EvalData:
     """The evaluation split of dataset `name` at `root`, images at `size` x `size` px."""
     notes: list[str] = []
+    options = _split_options(card)
     if split == "val" and held_out_ids(card):
-        dataset = load_dataset(name, root, split="all", size=size, transform=None)
+        dataset = load_dataset(name, root, split="all", size=size, transform=None, **options)
         wanted = set(held_out_ids(card))
         ids = [str(i) for i in getattr(dataset, "ids", [])]
         indices = [i for i, item_id in enumerate(ids) if item_id in wanted]
@@ -81,7 +92,7 @@ def load_eval_data(name: str, root: str | Path, split: str, size: int, card: dic
             notes.append(f"split 'val' = the {len(indices)} held-out ids listed in the checkpoint's card")
             return _checked(EvalData(dataset, indices, name, str(root), split, list(dataset.classes), notes), card)
         notes.append("the card's held-out ids are not in this dataset; using the loader's 'val' split instead")
-    dataset = load_dataset(name, root, split=split, size=size, transform=None)
+    dataset = load_dataset(name, root, split=split, size=size, transform=None, **options)
     everything = list(range(len(dataset)))
     return _checked(EvalData(dataset, everything, name, str(root), split, list(dataset.classes), notes), card)
 

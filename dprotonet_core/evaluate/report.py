@@ -4,6 +4,7 @@
 <out>/table5.md, table5.csv the Table-5 block, method x {AD, AI, D, I, DICE, IoU, PPV, Sensitivity, s/img}
 <out>/curves.json           deletion/insertion curves: fractions, per-method mean and per-image curves
 <out>/predictions.csv       id, label, predicted, probability of every class
+<out>/per_image.csv         method, image id, target class, Y, O (AD/AI inputs), D, I, localisation, seconds
 <out>/figures/*.html|.json|.png  deletion, insertion, confusion_matrix, roc (plotly; PNG via kaleido)
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 
-from dprotonet_core.evaluate.runner import TABLE5_COLUMNS, CamEvaluation, Predictions
+from dprotonet_core.evaluate.runner import TABLE5_COLUMNS, CamEvaluation, Predictions, per_image_rows
 
 FIGURES_DIR = "figures"
 _CHROMIUM = "/usr/bin/chromium"
@@ -87,6 +88,16 @@ def write_predictions_csv(path: Path, pred: Predictions, classes: list[str]) -> 
         writer.writerow(["id", "label", "predicted", *[f"p({c})" for c in classes]])
         for item_id, label, guess, probs in zip(pred.ids, pred.labels, pred.predicted, pred.probabilities):
             writer.writerow([item_id, classes[int(label)], classes[int(guess)], *[f"{p:.6f}" for p in probs]])
+
+
+def write_per_image_csv(path: Path, cams: CamEvaluation) -> None:
+    rows = per_image_rows(cams)
+    columns = ["method", "id", "target", "Y", "O", "D", "I", "DICE", "IoU", "PPV", "Sensitivity", "seconds"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row[k] is None else row[k]) for k in columns})
 
 
 def curves_document(cams: CamEvaluation) -> dict:
@@ -194,11 +205,12 @@ def write_reports(out: Path, metrics: dict, pred: Predictions, cams: CamEvaluati
     curves = curves_document(cams)
     (out / "curves.json").write_text(json.dumps(json_safe(curves)))
     write_predictions_csv(out / "predictions.csv", pred, classes)
+    write_per_image_csv(out / "per_image.csv", cams)
     safe = json_safe(metrics)
     (out / "table5.md").write_text(table5_markdown(safe))
     write_table5_csv(out / "table5.csv", safe)
     safe["figures"] = write_figures(out / FIGURES_DIR, safe, curves)
     safe["files"] = {"table5_md": "table5.md", "table5_csv": "table5.csv", "curves": "curves.json",
-                     "predictions": "predictions.csv"}
+                     "predictions": "predictions.csv", "per_image": "per_image.csv"}
     (out / "metrics.json").write_text(json.dumps(safe, indent=2))
     return safe

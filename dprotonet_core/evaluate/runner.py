@@ -32,6 +32,7 @@ from dprotonet_core.evaluate.data import EvalData, load_eval_data
 from dprotonet_core.model.dprotonet import DProtoNet
 
 TABLE5_COLUMNS = ("AD", "AI", "D", "I", "DICE", "IoU", "PPV", "Sensitivity", "s/img")
+LOCALISATION_COLUMNS = ("DICE", "IoU", "PPV", "Sensitivity")
 # Which way is better, for the reports: True = higher.
 HIGHER_IS_BETTER = {
     "AD": False, "AI": True, "D": False, "I": True, "DICE": True, "IoU": True, "PPV": True,
@@ -141,7 +142,7 @@ class MethodScores:
     explained: list[float] = field(default_factory=list)  # O_i^c
     deletion: list[np.ndarray] = field(default_factory=list)
     insertion: list[np.ndarray] = field(default_factory=list)
-    localisation: list[dict[str, float]] = field(default_factory=list)  # images with ground truth
+    localisation: list[dict[str, float] | None] = field(default_factory=list)  # None: no ground truth
     seconds: list[float] = field(default_factory=list)
 
 
@@ -162,8 +163,8 @@ def _score_image(
     )
     scores.deletion.append(deletion)
     scores.insertion.append(insertion)
-    if truth is not None and truth.any():
-        scores.localisation.append(M.localisation_scores(cam, truth, top_percent))
+    has_truth = truth is not None and truth.any()
+    scores.localisation.append(M.localisation_scores(cam, truth, top_percent) if has_truth else None)
     return fractions
 
 
@@ -219,12 +220,30 @@ def table5_row(method: str, scores: MethodScores, fractions: np.ndarray) -> dict
     row["AI"] = M.average_increase(scores.original, scores.explained) if scores.original else math.nan
     row["D"] = _nanmean([M.curve_auc(fractions, c) for c in scores.deletion])
     row["I"] = _nanmean([M.curve_auc(fractions, c) for c in scores.insertion])
-    for key in ("DICE", "IoU", "PPV", "Sensitivity"):
-        row[key] = _nanmean([loc[key] for loc in scores.localisation])
+    located = [loc for loc in scores.localisation if loc is not None]
+    for key in LOCALISATION_COLUMNS:
+        row[key] = _nanmean([loc[key] for loc in located])
     row["s/img"] = _nanmean(scores.seconds)
     row["n_images"] = len(scores.original)
-    row["n_localisation"] = len(scores.localisation)
+    row["n_localisation"] = len(located)
     return row
+
+
+def per_image_rows(cams: CamEvaluation) -> list[dict]:
+    """One record per (method, image): Y, O, D, I, localisation and seconds, for per_image.csv."""
+    records = []
+    for method, scores in cams.methods.items():
+        for i, item_id in enumerate(scores.ids):
+            loc = scores.localisation[i] or {}
+            records.append({
+                "method": method, "id": item_id, "target": cams.targets[i],
+                "Y": scores.original[i], "O": scores.explained[i],
+                "D": M.curve_auc(cams.fractions, scores.deletion[i]),
+                "I": M.curve_auc(cams.fractions, scores.insertion[i]),
+                **{key: loc.get(key) for key in LOCALISATION_COLUMNS},
+                "seconds": scores.seconds[i],
+            })
+    return records
 
 
 # --- 3. the whole run -----------------------------------------------------------------------

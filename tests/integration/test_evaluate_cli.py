@@ -63,6 +63,8 @@ def test_evaluate_writes_every_output(tiny_checkpoint, blob_folder, tmp_path, ca
     with open(out / "table5.csv") as f:
         assert len(list(csv.DictReader(f))) == len(METHODS)
     assert "| Method |" in (out / "table5.md").read_text()
+    with open(out / "per_image.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2 * len(METHODS)
 
     curves = json.loads((out / "curves.json").read_text())
     fractions = np.asarray(curves["fractions"])
