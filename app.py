@@ -8,13 +8,15 @@ import streamlit as st
 
 from dprotonet_core import ui
 
-st.set_page_config(page_title="DProtoNet Review", page_icon="🩻", layout="wide", initial_sidebar_state="expanded")
+st.set_page_config(
+    page_title="DProtoNet Review", page_icon=":material/radiology:", layout="wide", initial_sidebar_state="expanded"
+)
 
 pages = [
-    st.Page("pages/review.py", title="Review an image", icon="🔍", default=True),
-    st.Page("pages/prototypes.py", title="Prototypes", icon="🧩"),
-    st.Page("pages/evaluation.py", title="Evaluation", icon="📊"),
-    st.Page("pages/model_card.py", title="Model card", icon="📄"),
+    st.Page("pages/review.py", title="Review an image", icon=":material/search:", default=True),
+    st.Page("pages/prototypes.py", title="Prototypes", icon=":material/grid_view:"),
+    st.Page("pages/evaluation.py", title="Evaluation", icon=":material/monitoring:"),
+    st.Page("pages/model_card.py", title="Model card", icon=":material/description:"),
 ]
 navigation = st.navigation(pages)
 ui.sidebar_checkpoint_picker()

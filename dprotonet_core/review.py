@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import textwrap
 import threading
 import time
 from collections import OrderedDict
@@ -53,6 +54,7 @@ MAX_CACHED_EXPLANATIONS = 8  # per session; one entry is 2 x (D, S, S) float32 (
 MDM_TIME_LIMIT_S = 90.0  # wall-clock cap of one explanation; a capped run is marked so
 DEFAULT_TOP_K = 5
 DISPLAY_SIZE = 448  # pixels per side of each pane (both panes share one coordinate frame)
+EMPTY_STACK = 1e-3  # a summed mask stack below this everywhere means MDM kept no region
 
 DISCLAIMER = "Research software, not a medical device. Not for diagnosis or treatment decisions."
 SYNTHETIC_WARNING = (
@@ -630,7 +632,8 @@ def panes_figure(
                              "thickness": 14},
             },
         })
-    axis = {"showticklabels": False, "showgrid": False, "zeroline": False, "range": [-0.5, n - 0.5]}
+    axis = {"showticklabels": False, "showgrid": False, "zeroline": False, "ticks": "", "showline": False,
+            "range": [-0.5, n - 0.5]}
     layout = {
         "height": height, "margin": {"l": 4, "r": 4, "t": 36, "b": 4}, "dragmode": "zoom",
         "paper_bgcolor": "white", "plot_bgcolor": "white",
@@ -678,10 +681,12 @@ def render_case(
     )
     notes = []
     for name, pane in (("your image", query), ("the prototype", proto)):
-        if pane.empty:
+        if pane.empty and pane.max_sum < EMPTY_STACK:
+            notes.append(f"The explanation kept no region of {name}: every mask faded out, nothing to show.")
+        elif pane.empty:
             notes.append(
-                f"No region of {name} reaches gamma = {settings.gamma:g}; the largest value there is "
-                f"{pane.max_sum:.1f}. Lower gamma to see it."
+                f"No region of {name} reaches gamma = {settings.gamma:g} (its strongest region reaches "
+                f"{pane.max_sum:.1f}). Lower gamma to see it."
             )
     if explanation.stopped_by_time:
         notes.append(f"The explanation stopped at the {MDM_TIME_LIMIT_S:.0f} s time limit; it may be less precise.")
@@ -783,7 +788,8 @@ def report_png(inputs: ReportInputs) -> bytes:
     """The report as one PNG: header, prediction, both panes, reasoning table, settings. No metadata."""
     data = report_dict(inputs)
     pane = inputs.query_pane.shape[0]
-    margin, gap, width = 24, 16, 2 * inputs.query_pane.shape[1] + 16 + 48
+    margin, gap = 24, 16
+    width = 2 * margin + 2 * inputs.query_pane.shape[1] + gap + 48
     h1, h2, small = _font(26), _font(18), _font(15)
     rows = data["reasoning"]
     height = margin + 40 + 30 + 30 + 30 + pane + 40 + 30 + 24 * (len(rows) + 1) + 30 + 60 + margin
@@ -795,8 +801,10 @@ def report_png(inputs: ReportInputs) -> bytes:
     draw.text((margin, y), DISCLAIMER, fill=(150, 0, 0), font=small)
     y += 24
     if data["checkpoint"]["synthetic"]:
-        draw.text((margin, y), SYNTHETIC_WARNING, fill=(160, 80, 0), font=small)
-    y += 30
+        for line in textwrap.wrap(SYNTHETIC_WARNING, 110):
+            draw.text((margin, y), line, fill=(160, 80, 0), font=small)
+            y += 20
+    y += 10
     pred = data["prediction"]
     draw.text((margin, y), f"Prediction: {pred['class']}  ({pred['probability'] * 100:.1f}%)", fill="black", font=h2)
     y += 34
@@ -810,6 +818,13 @@ def report_png(inputs: ReportInputs) -> bytes:
     y += 22
     canvas.paste(Image.fromarray(inputs.query_pane), (margin, y))
     canvas.paste(Image.fromarray(inputs.prototype_pane), (margin + pane + gap, y))
+    if inputs.settings.view == "heatmap":  # the legend: colormap(A), A = 1 at the top
+        from dprotonet_core.explain import overlay
+
+        x_bar = margin + 2 * pane + gap + 10
+        canvas.paste(Image.fromarray(overlay.colorbar_image(inputs.settings.colormap, pane - 40, 14)), (x_bar, y + 20))
+        draw.text((x_bar - 6, y), "high", fill="black", font=small)
+        draw.text((x_bar - 4, y + pane - 18), "low", fill="black", font=small)
     y += pane + 16
     draw.text((margin, y), "Why: this looks like that (top prototypes)", fill="black", font=h2)
     y += 30
@@ -1009,12 +1024,24 @@ def card_label(key: str) -> str:
     return key.replace("_", " ").capitalize()
 
 
+def _card_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def card_value_markdown(key: str, value: Any) -> str | None:
     """Markdown for a scalar or a list of scalars; None for nested values (shown as JSON)."""
     if isinstance(value, bool):
         return f"**{card_label(key)}:** {'yes' if value else 'no'}"
     if isinstance(value, (str, int, float)) or value is None:
         return f"**{card_label(key)}:** {value}"
+    if isinstance(value, dict) and value and all(isinstance(v, (str, int, float, bool)) or v is None
+                                                  for v in value.values()):
+        lines = "\n".join(f"- {card_label(str(k))}: {_card_scalar(v)}" for k, v in value.items())
+        return f"**{card_label(key)}**\n\n{lines}"
     if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
         if all(isinstance(v, str) and len(v) > 30 for v in value):
             return f"**{card_label(key)}:**\n" + "\n".join(f"- {v}" for v in value)

@@ -90,9 +90,9 @@ def current_checkpoint() -> Checkpoint | None:
 def page_header(title: str, entry: review.CheckpointEntry | None) -> None:
     """Every page: the title, the permanent disclaimer, and the synthetic-data banner where it applies."""
     st.title(title)
-    st.caption(f"⚠️ {review.DISCLAIMER}")
+    st.caption(f":material/info: {review.DISCLAIMER}")
     if entry is not None and entry.card and entry.card.get("synthetic"):
-        st.error(f"**{review.SYNTHETIC_WARNING}**", icon="🧪")
+        st.error(f"**{review.SYNTHETIC_WARNING}**", icon=":material/science:")
 
 
 def current_entry() -> review.CheckpointEntry | None:

@@ -30,11 +30,12 @@ upload = left.file_uploader(
 samples = review.list_samples()
 sample = right.selectbox(
     "... or try a bundled sample",
-    [None, *samples],
-    format_func=lambda s: "choose a sample" if s is None else s.title,
+    samples,
+    index=None,
+    format_func=lambda s: s.title,
+    placeholder="Choose a sample" if samples else "No sample images are bundled yet",
     key="sample",
     disabled=not samples,
-    help=None if samples else "No sample images are bundled yet.",
 )
 if upload is not None:
     data, source = upload.getvalue(), "upload"
@@ -51,7 +52,7 @@ if S.get("loaded_hash") != data_hash:
         S["loaded"] = review.read_upload(data)
     except review.ReviewError as exc:
         S.pop("loaded_hash", None)
-        st.error(str(exc), icon="🚫")
+        st.error(str(exc), icon=":material/block:")
         st.stop()
     S["loaded_hash"] = data_hash
 loaded = S["loaded"]
@@ -94,6 +95,9 @@ st.progress(probability, text=review.probability_text(prediction, checkpoint.cla
 
 st.markdown("**Why: this looks like that.** The prototypes that add most to the predicted class's score.")
 st.dataframe(review.summarise_rows(prediction, checkpoint), hide_index=True, width="stretch")
+st.caption("Similarity g: how closely part of your image matches the prototype. Weight w: how much that "
+           "prototype counts for the predicted class. Share of score: w·g as a part of the class's total score; "
+           "negative values count against the prediction.")
 choices = review.prototype_choices(prediction)
 prototype = st.radio(
     "Explain with prototype",

@@ -2,8 +2,10 @@
 
 `make_tiny_checkpoint(folder)` writes, in well under a second, a real checkpoint folder through
 `checkpoint.save_checkpoint`: a tiny_cnn DProtoNet (64 px input, 2 classes, 2 prototypes each), prototype
-source images, prototype-side MDM mask vectors (D = 10) and a card marked synthetic. Nothing is trained: the
-weights are seeded random, which is all the app needs to exercise every screen.
+source images, prototype-side MDM mask vectors (D = 10, eq. 14, fast profile) and a card marked synthetic.
+Nothing is trained: the weights are seeded random, the shaping output is scaled up so feature distances are
+large enough for MDM to keep a region (with raw random weights every mask fades to zero), and each prototype
+is projected onto its own source image (P_j = z_j(x_j), eq. 10-11 with R = 1).
 """
 
 from __future__ import annotations
@@ -32,23 +34,11 @@ def tiny_model_config():
     )
 
 
-def _blob_vectors(k: int, d: int, seed: int) -> list[torch.Tensor]:
-    """D mask vectors (K, 5+i, 5+i) with a bright blob per prototype, as a projected prototype would have."""
-    rng = np.random.default_rng(seed)
-    centres = rng.uniform(0.25, 0.75, size=(k, 2))
-    vectors = []
-    for i in range(1, d + 1):
-        a = 5 + i
-        yy, xx = np.mgrid[0:a, 0:a] / (a - 1)
-        stack = [np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.03) for cy, cx in centres]
-        vectors.append(torch.tensor(np.stack(stack), dtype=torch.float32).clamp(0, 1))
-    return vectors
+SHAPING_SCALE = 1000.0
 
 
-def make_tiny_checkpoint(folder: str | Path, *, name: str = TINY_NAME, synthetic: bool = True) -> Path:
-    """Write the tiny checkpoint to `folder` (created) and return it."""
-    from dprotonet_core.checkpoint import PrototypeRecord, save_checkpoint
-    from dprotonet_core.config import MDMConfig
+def tiny_model():
+    """The seeded tiny DProtoNet with prototypes projected onto blob images; returns (model, images)."""
     from dprotonet_core.data.synthetic import make_blob_images
     from dprotonet_core.model.dprotonet import DProtoNet
 
@@ -56,6 +46,22 @@ def make_tiny_checkpoint(folder: str | Path, *, name: str = TINY_NAME, synthetic
     torch.manual_seed(0)
     model = DProtoNet(config).eval()
     images, _, _ = make_blob_images(config.num_prototypes, size=config.input_size, seed=1)
+    with torch.no_grad():
+        model.shaping[2].weight.mul_(SHAPING_SCALE)
+        model.shaping[2].bias.mul_(SHAPING_SCALE)
+        z = model.feature_vectors(images)  # (K, n, D)
+        for j in range(config.num_prototypes):
+            model.prototypes[j] = z[j, j % config.num_feature_masks]
+    return model, images
+
+
+def make_tiny_checkpoint(folder: str | Path, *, name: str = TINY_NAME, synthetic: bool = True) -> Path:
+    """Write the tiny checkpoint to `folder` (created) and return it."""
+    from dprotonet_core.checkpoint import PrototypeRecord, save_checkpoint
+    from dprotonet_core.explain import mdm
+
+    model, images = tiny_model()
+    config = model.config
     records, pictures = [], []
     for j in range(config.num_prototypes):
         class_index = j // config.prototypes_per_class
@@ -82,15 +88,17 @@ def make_tiny_checkpoint(folder: str | Path, *, name: str = TINY_NAME, synthetic
         "metrics": {"accuracy": 0.5},
         "intended_use": "Automated tests of the review app.",
         "limitations": ["Random weights: predictions mean nothing."],
-        "mdm_config": {"num_vectors": MDMConfig().num_vectors},
+        "mdm_profile": "fast",
     }
+    mask_indices = [r.mask_index for r in records]
+    vectors = mdm.explain_prototypes(model, images, mask_indices, mdm.profile("fast")).vectors
     out = save_checkpoint(
         model,
         folder,
         card,
         prototypes=records,
         prototype_images=pictures,
-        prototype_mask_vectors=_blob_vectors(config.num_prototypes, MDMConfig().num_vectors, seed=2),
+        prototype_mask_vectors=vectors,
     )
     return Path(out)
 
