@@ -1,0 +1,188 @@
+"""Mask generation and explanation images (paper eq. 15-18), pure numpy (OpenCV for the
+colormap lookup table and connected components): no model call, so the app can re-render on
+every slider move from the cached mask stack g(d_i), i = 1..D.
+
+    S = sum_i g(d_i)                        in [0, D]
+    A = N(1{S >= gamma} * S)                eq. 15 / 16, N(X) = (X - min X) / (max X - min X)
+    heatmap = alpha x + beta colormap(A)    eq. 17
+    binary  = A x                           eq. 18
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+# OpenCV's colormaps by name; their LUTs are read once, RGB order.
+_COLORMAPS = {
+    "jet": cv2.COLORMAP_JET,
+    "turbo": cv2.COLORMAP_TURBO,
+    "viridis": cv2.COLORMAP_VIRIDIS,
+    "inferno": cv2.COLORMAP_INFERNO,
+    "magma": cv2.COLORMAP_MAGMA,
+    "plasma": cv2.COLORMAP_PLASMA,
+    "hot": cv2.COLORMAP_HOT,
+    "bone": cv2.COLORMAP_BONE,
+}
+COLORMAPS = (*_COLORMAPS, "gray")
+
+
+@dataclass
+class CAM:
+    """Eq. 15/16 for one gamma."""
+
+    map: np.ndarray  # A: (H, W) float32 in [0, 1]; all zero when `empty`
+    region: np.ndarray  # (H, W) bool: S >= gamma
+    empty: bool  # no pixel reached gamma (A is all zero, by definition here, never NaN)
+    gamma: float
+    max_sum: float  # max S, the largest gamma that leaves a region
+
+
+@dataclass(frozen=True)
+class Box:
+    """One connected decision region: pixels x0 <= x < x1, y0 <= y < y1; area in pixels."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    area: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"x0": self.x0, "y0": self.y0, "x1": self.x1, "y1": self.y1, "area": self.area}
+
+
+def mask_sum(stack: np.ndarray) -> np.ndarray:
+    """S = sum_i g(d_i) over the first axis of a (D, H, W) stack (float32)."""
+    return np.asarray(stack, dtype=np.float32).sum(axis=0, dtype=np.float32)
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """N(X) = (X - min X) / (max X - min X); a constant X maps to ones if positive, else zeros."""
+    lo, hi = float(x.min()), float(x.max())
+    if hi - lo <= 0:
+        return np.full(x.shape, 1.0 if hi > 0 else 0.0, np.float32)
+    return ((x - lo) * (1.0 / (hi - lo))).astype(np.float32, copy=False)
+
+
+def cam(stack_or_sum: np.ndarray, gamma: float = 3.0) -> CAM:
+    """Eq. 15/16: A = N(1{S >= gamma} S), gamma in [0, D].
+
+    Takes the (D, H, W) mask stack or its (H, W) sum S (pass S to save the sum on each call).
+    When no pixel has S >= gamma the result is an all-zero map with empty=True.
+    """
+    arr = np.asarray(stack_or_sum, dtype=np.float32)
+    s = mask_sum(arr) if arr.ndim == 3 else arr
+    if gamma < 0 or not np.isfinite(gamma):
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
+    region = s >= gamma
+    max_sum = float(s.max()) if s.size else 0.0
+    if not region.any():
+        return CAM(np.zeros(s.shape, np.float32), region, True, float(gamma), max_sum)
+    return CAM(normalise(np.where(region, s, 0.0)), region, False, float(gamma), max_sum)
+
+
+@lru_cache(maxsize=16)
+def colormap_lut(name: str = "jet") -> np.ndarray:
+    """(256, 3) uint8 RGB lookup table of a named colormap (see COLORMAPS)."""
+    if name == "gray":
+        return np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    if name not in _COLORMAPS:
+        raise ValueError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
+    bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], _COLORMAPS[name])[:, 0, :]
+    lut = np.ascontiguousarray(bgr[:, ::-1])
+    lut.setflags(write=False)
+    return lut
+
+
+def apply_colormap(a: np.ndarray, name: str = "jet") -> np.ndarray:
+    """(H, W) values in [0, 1] -> (H, W, 3) uint8 RGB."""
+    idx = np.clip(np.rint(np.asarray(a, np.float32) * 255), 0, 255).astype(np.uint8)
+    return colormap_lut(name)[idx]
+
+
+def _as_float_image(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 3 and x.shape[0] in (1, 3) and x.shape[-1] not in (1, 3):
+        x = np.moveaxis(x, 0, -1)  # (3, H, W) -> (H, W, 3)
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) * (1.0 / 255.0)
+    return x.astype(np.float32, copy=False)
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def heatmap_image(
+    x: np.ndarray, a: np.ndarray, alpha: float = 0.5, beta: float = 0.3, colormap: str = "jet"
+) -> np.ndarray:
+    """Eq. 17: A_h = alpha x + beta colormap(A), clipped to [0, 1]; returns (H, W, 3) uint8.
+
+    x: (H, W, 3) uint8 or float in [0, 1] (or (3, H, W)); a: the CAM (H, W) in [0, 1].
+    """
+    img = _as_float_image(x)
+    colour = colormap_lut(colormap).astype(np.float32)[np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)]
+    return _to_uint8(alpha * img + (beta / 255.0) * colour)
+
+
+def binary_image(x: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Eq. 18: A_b = A x, the image weighted by its CAM; returns (H, W, 3) uint8."""
+    return _to_uint8(_as_float_image(x) * np.asarray(a, np.float32)[..., None])
+
+
+def colorbar_image(colormap: str = "jet", height: int = 224, width: int = 16) -> np.ndarray:
+    """A vertical legend (height, width, 3) uint8: A = 1 at the top, A = 0 at the bottom."""
+    ramp = np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None].repeat(width, axis=1)
+    return apply_colormap(ramp, colormap)
+
+
+def decision_boxes(region: np.ndarray | CAM, min_area: int = 1) -> list[Box]:
+    """Bounding boxes of the 8-connected components of the decision region (S >= gamma),
+    largest first (the paper's Fig. 8 box is the first)."""
+    mask = region.region if isinstance(region, CAM) else np.asarray(region) > 0
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    boxes = [
+        Box(int(x), int(y), int(x + w), int(y + h), int(area))
+        for x, y, w, h, area in stats[1:count]
+        if area >= min_area
+    ]
+    return sorted(boxes, key=lambda b: (-b.area, b.y0, b.x0))
+
+
+def region_outline(region: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels of the region with a 4-neighbour outside it (or on the border)."""
+    r = np.asarray(region, bool)
+    padded = np.pad(r, 1, constant_values=False)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return r & ~interior
+
+
+def outline_image(
+    x: np.ndarray,
+    region: np.ndarray | CAM,
+    boxes: list[Box] | None = None,
+    outline_color: tuple[int, int, int] = (0, 255, 255),
+    box_color: tuple[int, int, int] = (255, 215, 0),
+    thickness: int = 2,
+) -> np.ndarray:
+    """The image with the decision region's outline and its bounding boxes drawn; (H, W, 3) uint8."""
+    mask = region.region if isinstance(region, CAM) else np.asarray(region) > 0
+    out = _to_uint8(_as_float_image(x)).copy()
+    out[region_outline(mask)] = outline_color
+    h, w = mask.shape
+    for b in decision_boxes(mask) if boxes is None else boxes:
+        x0, y0, x1, y1 = b.x0, b.y0, min(b.x1, w), min(b.y1, h)
+        t = thickness
+        out[y0 : min(y0 + t, y1), x0:x1] = box_color
+        out[max(y1 - t, y0) : y1, x0:x1] = box_color
+        out[y0:y1, x0 : min(x0 + t, x1)] = box_color
+        out[y0:y1, max(x1 - t, x0) : x1] = box_color
+    return out
