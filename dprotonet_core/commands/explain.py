@@ -1,0 +1,152 @@
+"""`explain`: the MDM explanation of one image (eq. 12-18) written as files.
+
+    python -m dprotonet_core explain --checkpoint DIR FILE --out DIR
+        [--prototype K] [--gamma G] [--profile paper|fast]
+
+writes query_heatmap.png, prototype_heatmap.png, query_masks.npy (D x H x W, float32) and
+explanation.json (prediction, prototype, j_x, iterations, seconds, box).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dprotonet_core.config import DEFAULT_MDM_PROFILE, MDM_PROFILES, OverlayConfig
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("explain", help="MDM explanation of one image (heatmaps, masks, JSON)")
+    p.add_argument("file", type=Path, help="DICOM / PNG / JPG image")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--prototype", type=int, default=None, help="detection node (default: eq. 12's p_t)")
+    p.add_argument("--gamma", type=float, default=OverlayConfig().gamma, help="CAM threshold, 0..D (eq. 15)")
+    p.add_argument("--profile", choices=sorted(MDM_PROFILES), default=DEFAULT_MDM_PROFILE)
+    p.add_argument("--iterations", type=int, default=None, help="override the profile's iterations")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=run)
+
+
+def _read_input(path: Path, size: int) -> torch.Tensor:
+    """(3, size, size) in [0, 1], through data.io when present (PIL otherwise)."""
+    data = path.read_bytes()
+    try:
+        from dprotonet_core.data.io import read_image, to_model_input
+    except ImportError:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), np.float32) / 255.0
+        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return to_model_input(read_image(data), size)[0]
+
+
+def _prediction(model, x: torch.Tensor, classes: list[str]) -> dict:
+    try:
+        from dprotonet_core.inference import predict
+    except ImportError:
+        with torch.no_grad():
+            probs = torch.softmax(model(x[None]).logits[0], 0)
+        c = int(probs.argmax())
+        return {"class_index": c, "class_name": classes[c], "probabilities": probs.tolist()}
+    pred = predict(model, x[None], classes)
+    return {"class_index": pred.class_index, "class_name": pred.class_name, "probabilities": pred.probabilities}
+
+
+def _to_hwc(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().permute(1, 2, 0).numpy()
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dprotonet_core.checkpoint import CheckpointError, load_checkpoint
+    from dprotonet_core.explain import overlay
+    from dprotonet_core.explain.mdm import explain_prototypes, explain_query, mask_stack
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        ck = load_checkpoint(args.checkpoint)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    model = ck.model
+    size = model.config.input_size
+    x = _read_input(args.file, size)
+    cfg = MDM_PROFILES[args.profile]
+    if args.iterations is not None:
+        cfg = dataclasses.replace(cfg, iterations=args.iterations)
+    if not 0 <= args.gamma <= cfg.num_vectors:
+        print(f"error: --gamma must lie in [0, {cfg.num_vectors}]", file=sys.stderr)
+        return 2
+    prediction = _prediction(model, x, ck.classes)
+
+    with tqdm(total=cfg.iterations, desc="MDM query", unit="it") as bar:
+        exp = explain_query(model, x, args.prototype, cfg, progress=lambda *_: bar.update(1))
+    query_stack = exp.result.stack
+    t = exp.node.prototype
+
+    # the prototype side: stored in the checkpoint at projection time (eq. 14), else computed now
+    note = None
+    if ck.prototypes:
+        proto_img = torch.from_numpy(ck.prototype_image(t).astype(np.float32) / 255.0).permute(2, 0, 1)
+        proto_mask = ck.prototypes[t].mask_index
+    else:
+        proto_img, proto_mask = x, exp.node.mask_index
+        note = "checkpoint has no prototype source images; the query image stands in for x^pt"
+    if ck.prototype_mask_vectors is not None:
+        proto_stack = mask_stack([v[t] for v in ck.prototype_mask_vectors], size)
+    else:
+        note = (note + "; " if note else "") + "prototype mask vectors not stored: computed on the fly (eq. 14)"
+        print(f"note: {note}", file=sys.stderr)
+        with tqdm(total=cfg.iterations, desc="MDM prototype", unit="it") as bar:
+            res = explain_prototypes(model, proto_img[None], [proto_mask], cfg, lambda *_: bar.update(1),
+                                     prototypes=[t])
+        proto_stack = res.stack[0]
+
+    ov = OverlayConfig()
+    q_cam = overlay.cam(query_stack, args.gamma)
+    p_cam = overlay.cam(proto_stack, args.gamma)
+    args.out.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay.heatmap_image(_to_hwc(x), q_cam.map, ov.alpha, ov.beta, ov.colormap)).save(
+        args.out / "query_heatmap.png"
+    )
+    Image.fromarray(overlay.heatmap_image(_to_hwc(proto_img), p_cam.map, ov.alpha, ov.beta, ov.colormap)).save(
+        args.out / "prototype_heatmap.png"
+    )
+    np.save(args.out / "query_masks.npy", query_stack.astype(np.float32))
+    boxes = overlay.decision_boxes(q_cam)
+    record = {
+        "prediction": prediction,
+        "prototype": {
+            "index": t,
+            "class_index": exp.node.prototype_class,
+            "class_name": ck.classes[exp.node.prototype_class],
+            "activation": exp.node.activation,
+            "mask_index": ck.prototypes[t].mask_index if ck.prototypes else None,
+        },
+        "j_x": exp.node.mask_index,
+        "profile": args.profile,
+        "mdm_config": dataclasses.asdict(cfg),
+        "iterations": exp.result.iterations,
+        "seconds": round(exp.result.seconds, 3),
+        "converged": exp.result.converged,
+        "gamma": args.gamma,
+        "cam_empty": q_cam.empty,
+        "box": boxes[0].as_dict() if boxes else None,
+        "boxes": [b.as_dict() for b in boxes],
+        "synthetic_checkpoint": ck.synthetic,
+        "note": note,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    (args.out / "explanation.json").write_text(json.dumps(record, indent=2))
+    print(f"wrote {args.out}/ (prototype {t}, j_x {exp.node.mask_index}, {exp.result.seconds:.1f} s)")
+    return 0

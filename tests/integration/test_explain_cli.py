@@ -1,0 +1,53 @@
+"""`python -m dprotonet_core explain` on a tiny checkpoint writes the four files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dprotonet_core.checkpoint import PrototypeRecord, save_checkpoint
+from dprotonet_core.cli import main
+
+
+def _checkpoint(tmp_path, model, with_vectors: bool):
+    k = model.prototypes.shape[0]
+    records = [PrototypeRecord(i, int(model.prototype_classes()[i]), "c", f"img{i}", i % 12, 1, f"proto_{i:03d}.png")
+               for i in range(k)]
+    images = [np.full((64, 64, 3), 40 * i, np.uint8) for i in range(k)]
+    vectors = [torch.rand(k, 5 + i, 5 + i) for i in range(1, 11)] if with_vectors else None
+    return save_checkpoint(model, tmp_path / "ck", {"classes": ["a", "b"]}, records, images, vectors)
+
+
+def _run(tmp_path, ck, *extra):
+    img = tmp_path / "x.png"
+    Image.fromarray((np.random.default_rng(0).random((80, 70, 3)) * 255).astype(np.uint8)).save(img)
+    out = tmp_path / "out"
+    rc = main(["explain", "--checkpoint", str(ck), str(img), "--out", str(out), "--iterations", "3", *extra])
+    assert rc == 0
+    return out
+
+
+def test_explain_cli_writes_four_files(tmp_path, tiny_model):
+    ck = _checkpoint(tmp_path, tiny_model, with_vectors=True)
+    out = _run(tmp_path, ck, "--gamma", "0", "--profile", "fast")
+    masks = np.load(out / "query_masks.npy")
+    assert masks.shape == (10, 64, 64) and masks.dtype == np.float32
+    for name in ("query_heatmap.png", "prototype_heatmap.png"):
+        with Image.open(out / name) as im:
+            assert im.size == (64, 64)
+    record = json.loads((out / "explanation.json").read_text())
+    assert record["iterations"] == 3 and record["profile"] == "fast"
+    assert {"prediction", "prototype", "j_x", "seconds", "box"} <= set(record)
+    assert record["box"] == {"x0": 0, "y0": 0, "x1": 64, "y1": 64, "area": 64 * 64}  # gamma 0: all pixels
+
+
+def test_explain_cli_computes_prototype_side_when_missing(tmp_path, tiny_model, capsys):
+    ck = _checkpoint(tmp_path, tiny_model, with_vectors=False)
+    out = _run(tmp_path, ck, "--prototype", "1")
+    record = json.loads((out / "explanation.json").read_text())
+    assert record["prototype"]["index"] == 1
+    assert "computed on the fly" in record["note"]
+    assert (out / "prototype_heatmap.png").is_file()

@@ -1,0 +1,181 @@
+"""MDM decoder (eq. 12-14): detection node, sizes, init, projection, losses, batched ==
+separate, the eq. 22 ordering, cancel and time cap."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dprotonet_core.config import MDM_PROFILES, MDMConfig
+from dprotonet_core.explain import mdm
+
+
+def _cfg(**kw) -> MDMConfig:
+    return dataclasses.replace(MDMConfig(), channels_last=False, **kw)
+
+
+class RegionModel(nn.Module):
+    """A detection node whose region contributions are known by construction:
+    z(x) = sum_r w_r * mean_{pixels of region r} x (one feature), regions = vertical stripes."""
+
+    def __init__(self, weights: list[float], size: int = 48):
+        super().__init__()
+        self.size = size
+        self.w = nn.Parameter(torch.tensor(weights))
+        r = len(weights)
+        self.stripe = torch.arange(size) * r // size  # region of each column
+
+    def region_means(self, x: torch.Tensor) -> torch.Tensor:
+        cols = x.mean(dim=(1, 2))  # (B, W)
+        return torch.stack([cols[:, self.stripe == k].mean(1) for k in range(len(self.w))], 1)
+
+    def feature_vectors(self, x: torch.Tensor, mask_index=None) -> torch.Tensor:
+        return (self.region_means(x) * self.w).sum(1, keepdim=True)
+
+
+def test_mask_vector_sizes_are_5_plus_i():
+    assert mdm.mask_vector_sizes() == [(5 + i, 5 + i) for i in range(1, 11)]
+    assert mdm.mask_vector_sizes(_cfg(num_vectors=3, base_size=2)) == [(3, 3), (4, 4), (5, 5)]
+
+
+def test_init_is_tau_and_upsampling_keeps_constants():
+    vecs = mdm.init_mask_vectors(_cfg(tau=0.5), batch=2)
+    assert [tuple(v.shape) for v in vecs] == [(2, 5 + i, 5 + i) for i in range(1, 11)]
+    assert all(bool((v == 0.5).all()) for v in vecs)
+    g = mdm.upsample_mask_vectors(vecs, 32)
+    assert g.shape == (2, 10, 32, 32)
+    torch.testing.assert_close(g, torch.full_like(g, 0.5))
+
+
+def test_masked_image_and_baselines():
+    x = torch.rand(1, 3, 16, 16)
+    g = torch.full((1, 1, 16, 16), 0.25)
+    torch.testing.assert_close(mdm.masked_image(x, g), 0.25 * x)  # the paper's g(d_i) x
+    mean = mdm.baseline_image(x, "mean")
+    torch.testing.assert_close(mdm.masked_image(x, g, mean), 0.25 * x + 0.75 * mean)
+    assert mdm.baseline_image(x, "blur", 2.0).shape == x.shape
+    with pytest.raises(ValueError):
+        mdm.baseline_image(x, "grey")
+
+
+def test_losses_eq13_eq14_hand_computed():
+    z = torch.tensor([[1.0, 2.0]])
+    t = torch.tensor([[0.0, 4.0]])
+    d = torch.tensor([[[0.0, 1.0], [0.5, 0.5]]])  # mean |d| = 0.5
+    # s = 1 + 4 = 5; eta * mean = 10 * 0.5 = 5
+    torch.testing.assert_close(mdm.query_loss(z, t, d, 10.0), torch.tensor([10.0]))
+    torch.testing.assert_close(mdm.prototype_loss(z, t, d, 2.0), torch.tensor([6.0]))
+    # relative form: s / ||t||^2 = 5 / 16
+    torch.testing.assert_close(mdm.query_loss(z, t, d, 0.0, "relative"), torch.tensor([5 / 16]))
+
+
+def test_detection_node_eq12_hand_built(tiny_model):
+    model = tiny_model
+    x = torch.rand(3, 64, 64)
+    with torch.no_grad():
+        out = model(x[None])
+    node = mdm.detection_node(model, x)
+    c = int(out.logits.argmax())
+    own = (model.prototype_classes() == c).nonzero().flatten()
+    t = int(own[out.activations[0, own].argmax()])
+    assert node.predicted_class == c and node.prototype == t and node.prototype_class == c
+    z = model.feature_vectors(x[None])[0]  # (n, D)
+    j_x = int(torch.linalg.vector_norm(z - model.prototypes[t], dim=1).argmin())
+    assert node.mask_index == j_x
+    # any prototype may be asked for, also one of another class
+    other = int((model.prototype_classes() != c).nonzero()[0])
+    node2 = mdm.detection_node(model, x, prototype=other)
+    assert node2.prototype == other
+    assert node2.mask_index == int(torch.linalg.vector_norm(z - model.prototypes[other], dim=1).argmin())
+    with pytest.raises(ValueError):
+        mdm.detection_node(model, x, prototype=99)
+
+
+def test_projection_to_unit_interval_and_frozen_network(tiny_model):
+    before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    x = torch.rand(3, 64, 64)
+    res = mdm.explain_query(tiny_model, x, cfg=_cfg(iterations=15, lr=0.5)).result
+    assert res.iterations == 15 and len(res.history) == 15
+    for v in res.vectors:
+        assert float(v.min()) >= 0.0 and float(v.max()) <= 1.0
+    assert res.stack.shape == (10, 64, 64) and res.stack.dtype == np.float32
+    for n, p in tiny_model.named_parameters():
+        torch.testing.assert_close(p, before[n])
+        assert p.grad is None
+
+
+def test_batched_equals_separate_optimisations(tiny_model):
+    x = torch.rand(3, 64, 64)
+    node = mdm.detection_node(tiny_model, x)
+    with torch.no_grad():
+        target = tiny_model.feature_vectors(x[None], node.mask_index)[0]
+    cfg = _cfg(iterations=25, lr=0.05)
+    batched = mdm.optimise_mask_vectors(tiny_model, x, node.mask_index, target, cfg)
+    for i in range(1, cfg.num_vectors + 1):
+        alone = dataclasses.replace(cfg, num_vectors=1, base_size=cfg.base_size + i - 1)
+        single = mdm.optimise_mask_vectors(tiny_model, x, node.mask_index, target, alone)
+        torch.testing.assert_close(batched.vectors[i - 1], single.vectors[0], atol=1e-4, rtol=0)
+
+
+def test_prototype_side_batches_all_prototypes(tiny_model):
+    k = tiny_model.prototypes.shape[0]
+    images = torch.rand(k, 3, 64, 64)
+    cfg = _cfg(iterations=5, max_batch=20)  # 2 prototypes per forward: groups must not matter
+    res = mdm.explain_prototypes(tiny_model, images, [0, 3, 5, 7], cfg)
+    assert [tuple(v.shape) for v in res.vectors] == [(k, 5 + i, 5 + i) for i in range(1, 11)]
+    assert res.stack.shape == (k, 10, 64, 64)
+    one = mdm.optimise_mask_vectors(tiny_model, images[2], 5, tiny_model.prototypes[2], cfg)
+    torch.testing.assert_close(res.vectors[4][2], one.vectors[4], atol=1e-4, rtol=0)
+
+
+def test_eq22_masks_order_regions_by_contribution():
+    weights = [4.0, 0.5, 2.0, 1.0]  # contributions I(z_r) by construction
+    model = RegionModel(weights)
+    x = torch.ones(3, 48, 48)
+    cfg = _cfg(num_vectors=3, iterations=300, lr=0.05, eta=16.0)  # partial masks: no region saturates
+    target = model.feature_vectors(x[None])[0]
+    res = mdm.optimise_mask_vectors(model, x, 0, target, cfg)
+    s = res.stack.sum(0)
+    per_region = [float(s[:, model.stripe.numpy() == k].mean()) for k in range(len(weights))]
+    order_by_weight = np.argsort(weights)
+    order_by_mask = np.argsort(per_region)
+    assert list(order_by_mask) == list(order_by_weight), per_region
+    assert per_region[0] > per_region[1] + 0.5  # clearly separated, not a tie
+
+
+def test_cancel_hook_and_time_cap(tiny_model):
+    x = torch.rand(3, 64, 64)
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(mdm.MDMCancelled):
+        mdm.explain_query(tiny_model, x, cfg=_cfg(iterations=50), cancel=cancel)
+    assert not tiny_model.training  # frozen() restored the model's mode after the cancel
+    capped = mdm.explain_query(tiny_model, x, cfg=_cfg(iterations=10_000, time_limit=0.2)).result
+    assert capped.stopped_by_time and 0 < capped.iterations < 10_000 and not capped.converged
+
+
+def test_progress_and_early_stop(tiny_model):
+    x = torch.rand(3, 64, 64)
+    seen = []
+    res = mdm.explain_query(
+        tiny_model, x, cfg=_cfg(iterations=400, lr=0.1, tol=1e-2, patience=5),
+        progress=lambda step, total, loss: seen.append((step, total)),
+    ).result
+    assert seen[0] == (1, 400) and seen[-1][0] == res.iterations
+    assert res.converged and res.iterations < 400
+
+
+def test_profiles():
+    assert mdm.profile("paper") == MDM_PROFILES["paper"]
+    assert mdm.profile("paper").iterations == 800 and mdm.profile("paper").eta == 10.0
+    assert mdm.profile("fast").iterations < 800
+    with pytest.raises(ValueError):
+        mdm.profile("slow")
