@@ -1,0 +1,143 @@
+"""Does eta = 10 (paper, section 4.3) collapse or saturate the MDM masks on a trained model?
+
+Trains a small DProtoNet quickly on the synthetic blob images (class 1 = a bright disc, whose
+position is the ground-truth decision region), projects each prototype onto its nearest
+training feature vector (eq. 9-11 with R = 1), then runs the query-side MDM (eq. 13) with the
+paper's distance and with the relative one, and prints the scale of the two loss terms and
+what the masks became. Prints figures; asserts nothing. Usage:
+
+    .venv/bin/python bench/mdm_eta.py [--size 96] [--epochs 6] [--images 4] [--iterations 800]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/...` from anywhere
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from dprotonet_core.config import MDMConfig, ModelConfig  # noqa: E402
+from dprotonet_core.data.synthetic import make_blob_images  # noqa: E402
+from dprotonet_core.explain.mdm import explain_query  # noqa: E402
+from dprotonet_core.explain.overlay import cam  # noqa: E402
+from dprotonet_core.model.dprotonet import DProtoNet  # noqa: E402
+
+
+def fit_and_project(model: DProtoNet, epochs: int, n: int = 240, seed: int = 0) -> float:
+    """CE + 0.8 Clst + 0.08 Sep (eq. 4-6) with Adam on blob images, then a one-view projection
+    (eq. 9-11 with R = 1). Returns the training accuracy after projection."""
+    torch.manual_seed(seed)
+    device = model.prototypes.device
+    size = model.config.input_size
+    images, labels, _ = make_blob_images(n, size=size, seed=seed)
+    images, labels = images.to(device), labels.to(device)
+    model.requires_grad_(True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    identity = model.prototype_class_identity  # (K, C)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(n, device=device)
+        total = 0.0
+        for lo in range(0, n, 24):
+            idx = order[lo : lo + 24]
+            out = model(images[idx])
+            s_min = out.distances.min(dim=1).values  # (B, K)
+            own = identity[:, labels[idx]].t().bool()  # (B, K)
+            clst = s_min.masked_fill(~own, float("inf")).min(dim=1).values.mean()
+            sep = -s_min.masked_fill(own, float("inf")).min(dim=1).values.mean()
+            loss = F.cross_entropy(out.logits, labels[idx]) + 0.8 * clst + 0.08 * sep
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+        print(f"epoch {epoch + 1}: loss {total / n:.3f}", flush=True)
+    model.eval().requires_grad_(False)
+    with torch.no_grad():
+        z = torch.cat([model(images[lo : lo + 48]).z for lo in range(0, n, 48)])  # (N, n, D)
+        classes = model.prototype_classes()
+        for k in range(model.prototypes.shape[0]):
+            pool = z[labels == classes[k]].reshape(-1, z.shape[-1])
+            model.prototypes[k] = pool[((pool - model.prototypes[k]) ** 2).sum(-1).argmin()]
+        logits = torch.cat([model(images[lo : lo + 48]).logits for lo in range(0, n, 48)])
+    acc = float((logits.argmax(1) == labels).float().mean())
+    print(f"train accuracy after projection: {acc:.3f}", flush=True)
+    return acc
+
+
+def describe(name: str, model: DProtoNet, x: torch.Tensor, truth: np.ndarray, cfg: MDMConfig) -> dict:
+    exp = explain_query(model, x, cfg=cfg)
+    j = exp.node.mask_index
+    truth = truth.astype(bool)
+    with torch.no_grad():
+        target = model.feature_vectors(x[None], j)[0]
+        s0 = float(((model.feature_vectors(torch.zeros_like(x)[None], j)[0] - target) ** 2).sum())
+    v = torch.cat([d.flatten() for d in exp.result.vectors])
+    s = exp.result.stack.sum(0)
+    top = s >= np.quantile(s, 0.8)
+    iou = float((top & truth).sum() / max(1, (top | truth).sum())) if truth.any() else float("nan")
+    inside = float(s[truth].mean()) if truth.any() else float("nan")
+    outside = float(s[~truth].mean())
+    return {
+        "form": name,
+        "||t||^2": float((target**2).sum()),
+        "s(black)": s0,
+        "mean d": float(v.mean()),
+        "d<.05": float((v < 0.05).float().mean()),
+        "d>.95": float((v > 0.95).float().mean()),
+        "S>=3": float((s >= 3).mean()),
+        "S in/out": f"{inside:.2f}/{outside:.2f}",
+        "IoU20": iou,
+        "empty": cam(s, 3.0).empty,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--iterations", type=int, default=800)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = DProtoNet(ModelConfig(backbone="small_resnet", input_size=args.size, num_classes=2)).to(device)
+    fit_and_project(model, args.epochs)
+    print(f"trained in {time.perf_counter() - t0:.0f} s")
+    test, labels, masks = make_blob_images(2 * args.images, size=args.size, seed=123)
+    forms = {
+        "paper eta=10": MDMConfig(iterations=args.iterations),
+        "relative eta=10": MDMConfig(iterations=args.iterations, distance="relative"),
+        "relative eta=0.1": MDMConfig(iterations=args.iterations, distance="relative", eta=0.1),
+    }
+    test = test.to(device)
+    rows = []
+    for i in range(len(test)):
+        if labels[i] != 1:
+            continue
+        for name, cfg in forms.items():
+            row = describe(name, model, test[i], masks[i].numpy(), cfg)
+            row["image"] = i
+            rows.append(row)
+            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    print("\nmedian per form:")
+    for name in forms:
+        sel = [r for r in rows if r["form"] == name]
+        keys = ["||t||^2", "s(black)", "mean d", "d<.05", "d>.95", "S>=3", "IoU20"]
+        print(name, {k: round(float(np.median([r[k] for r in sel])), 3) for k in keys})
+    print(dataclasses.asdict(MDMConfig()))
+
+
+if __name__ == "__main__":
+    main()
