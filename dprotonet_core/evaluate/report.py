@@ -6,6 +6,9 @@
 <out>/predictions.csv       id, label, predicted, probability of every class
 <out>/per_image.csv         method, image id, target class, Y, O (AD/AI inputs), D, I, localisation, seconds
 <out>/figures/*.html|.json|.png  deletion, insertion, confusion_matrix, roc (plotly; PNG via kaleido)
+
+With --attach the same files, less the HTML pages and plotly.min.js, go to <checkpoint>/evaluation/
+(runner.attach); the app draws the figures from their JSON.
 """
 
 from __future__ import annotations

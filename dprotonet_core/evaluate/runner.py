@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import time
@@ -330,8 +331,16 @@ def _metrics_document(
 
 def attach(out_dir: Path, checkpoint_dir: Path) -> Path:
     """Copy the reports into <checkpoint>/evaluation/ (not listed in card.json's sha256, so the
-    checkpoint still verifies)."""
+    checkpoint still verifies). The HTML pages and their 4.6 MB plotly.min.js stay in `out_dir`:
+    the app draws the figures from their JSON, and checkpoints should stay small."""
     target = checkpoint_dir / EVALUATION_DIR
-    if target.resolve() != out_dir.resolve():
-        shutil.copytree(out_dir, target, dirs_exist_ok=True)
+    if target.resolve() == out_dir.resolve():
+        return target
+    shutil.copytree(out_dir, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.html", "plotly.min.js"))
+    metrics_path = target / "metrics.json"
+    document = json.loads(metrics_path.read_text())
+    for entry in (document.get("figures") or {}).get("files", {}).values():
+        entry.pop("html", None)
+    document["attached_from"] = str(out_dir)
+    metrics_path.write_text(json.dumps(document, indent=2))
     return target

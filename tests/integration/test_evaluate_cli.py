@@ -82,7 +82,11 @@ def test_evaluate_writes_every_output(tiny_checkpoint, blob_folder, tmp_path, ca
         assert (png and (out / png).is_file()) or figures["png_problem"]
 
     attached = tiny_checkpoint / "evaluation"
-    assert (attached / "metrics.json").is_file() and (attached / "figures").is_dir()
+    assert (attached / "table5.md").is_file() and (attached / "figures" / "roc.json").is_file()
+    assert not list(attached.rglob("*.html")) and not (attached / "figures" / "plotly.min.js").exists()
+    stored = json.loads((attached / "metrics.json").read_text())
+    assert stored["table5"]["rows"] == metrics["table5"]["rows"]
+    assert all("html" not in entry for entry in stored["figures"]["files"].values())
     load_checkpoint(tiny_checkpoint)  # the hashes in card.json still hold
 
 
