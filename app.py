@@ -6,7 +6,9 @@ dprotonet_core.review (computation) through dprotonet_core.ui (Streamlit glue).
 
 import streamlit as st
 
-from dprotonet_core import ui
+from dprotonet_core import review, ui
+
+review.configure_torch()
 
 st.set_page_config(
     page_title="DProtoNet Review", page_icon=":material/radiology:", layout="wide", initial_sidebar_state="expanded"

@@ -1,0 +1,259 @@
+"""The app's facade (dprotonet_core.review): pure functions, no Streamlit."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dprotonet_core import review
+from tests.app_support import make_invalid_checkpoint, make_samples_dir, make_tiny_checkpoint
+from tests.conftest import PALM_DIR, REAL_DICOM, REPO
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "tiny-test")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(checkpoint_dir):
+    return review.load_model(checkpoint_dir)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def case(checkpoint):
+    rng = np.random.default_rng(0)
+    data = _png((rng.random((80, 96, 3)) * 255).astype(np.uint8))
+    loaded = review.read_upload(data)
+    return review.cached_case({}, review.file_hash(data), None, checkpoint, loaded)
+
+
+@pytest.fixture(scope="module")
+def explanation(case, checkpoint):
+    return review.explain(checkpoint, case.x, review.default_prototype(case.prediction), "fast")
+
+
+def test_upload_cap_matches_streamlit_config():
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] == review.MAX_UPLOAD_MB
+    assert config["client"]["showErrorDetails"] == "none"
+    assert config["browser"]["gatherUsageStats"] is False
+    assert config["server"]["enableXsrfProtection"] is True
+
+
+def test_list_checkpoints_lists_valid_and_invalid(tmp_path):
+    make_tiny_checkpoint(tmp_path / "good")
+    make_invalid_checkpoint(tmp_path / "bad")
+    entries = review.list_checkpoints(tmp_path, bundled_root=tmp_path / "none")
+    by_name = {e.path.name: e for e in entries}
+    assert by_name["good"].valid and not by_name["bad"].valid
+    assert "sha256" in by_name["bad"].problem
+    assert review.models_dir({"DPROTONET_MODELS_DIR": str(tmp_path)}) == tmp_path
+    assert review.models_dir({}) == review.DEFAULT_MODELS_DIR
+
+
+def test_load_model_refuses_a_broken_folder_with_one_message(tmp_path):
+    with pytest.raises(review.ReviewError, match="cannot be used"):
+        review.load_model(make_invalid_checkpoint(tmp_path / "bad"))
+
+
+@pytest.mark.parametrize("data", [b"", b"hello world", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, b"DICM" * 50])
+def test_broken_upload_is_one_line_review_error(data):
+    with pytest.raises(review.ReviewError) as info:
+        review.read_upload(data)
+    assert "\n" not in str(info.value) and str(info.value)
+
+
+def test_oversized_upload_refused_before_decoding(monkeypatch):
+    monkeypatch.setattr(review, "MAX_UPLOAD_MB", 0)
+    with pytest.raises(review.ReviewError, match="larger than"):
+        review.read_upload(b"x" * 10)
+
+
+@pytest.mark.skipif(not REAL_DICOM.is_file(), reason="../shared/data DICOM absent")
+def test_dicom_window_presets_and_metadata():
+    loaded = review.read_upload(REAL_DICOM.read_bytes())
+    presets = review.window_presets(loaded)
+    assert {"full range", "lung", "bone"} <= set(presets)
+    lung = review.apply_window(loaded, presets["lung"])
+    assert not np.array_equal(lung.pixels, loaded.pixels)
+    assert review.image_key("h", presets["lung"]) != review.image_key("h", None)
+    fields = {row["Field"]: row["Value"] for row in review.metadata_rows(loaded)}
+    assert fields["Modality"] == "CR"
+    assert not any("name" in k.lower() or "id" == k.lower() for k in fields)
+
+
+def test_prediction_rows_and_default_prototype(case, checkpoint):
+    prediction = case.prediction
+    assert prediction.class_name in checkpoint.classes
+    assert abs(sum(prediction.probabilities) - 1) < 1e-5
+    rows = review.summarise_rows(prediction, checkpoint, top_k=3)
+    assert len(rows) == 3 and {"Similarity g", "Weight w", "Contribution w·g", "Share of score"} <= set(rows[0])
+    choices = review.prototype_choices(prediction)
+    p_t = review.default_prototype(prediction)
+    assert choices[0] == p_t and checkpoint.prototypes[p_t].class_index == prediction.class_index
+    assert "best match" in review.prototype_label(checkpoint, prediction, p_t)
+
+
+def test_cached_case_is_bounded_and_hits_without_a_model_call(checkpoint, monkeypatch):
+    store: dict = {}
+    loaded = review.read_upload(_png(np.zeros((32, 32, 3), np.uint8)))
+    first = review.cached_case(store, "a", None, checkpoint, loaded)
+    monkeypatch.setattr(review, "predict", lambda *a: pytest.fail("cache hit called the model"))
+    assert review.cached_case(store, "a", None, checkpoint, loaded) is first
+    monkeypatch.undo()
+    for i in range(review.MAX_CACHED_CASES + 3):
+        review.cached_case(store, f"k{i}", None, checkpoint, loaded)
+    assert len(store["cases"]) == review.MAX_CACHED_CASES
+
+
+def test_explanation_stacks_and_cache(case, checkpoint, explanation, monkeypatch):
+    d, s = explanation.query_stack.shape[0], checkpoint.model.config.input_size
+    assert explanation.query_stack.shape == explanation.prototype_stack.shape == (d, s, s)
+    assert 0 <= explanation.query_stack.min() and explanation.query_stack.max() <= 1
+    cache = review.ExplanationCache(max_entries=2)
+    calls = []
+    monkeypatch.setattr(review, "explain", lambda *a, **k: calls.append(a) or explanation)
+    for prototype in (0, 1, 0, 2, 3):
+        review.explain_cached(cache, case.key, checkpoint, case.x, prototype, "fast")
+    assert len(cache) == 2 and len(calls) == 4  # the second 0 was a hit; LRU kept the last two
+    assert review.explanation_key(case.key, checkpoint, 3, "fast") in cache
+    assert cache.nbytes() == 2 * (explanation.query_stack.nbytes + explanation.prototype_stack.nbytes)
+
+
+def test_explain_reports_progress_and_can_be_cancelled(case, checkpoint):
+    seen: list[float] = []
+    review.explain(checkpoint, case.x, 0, "fast", progress=lambda f, text: seen.append(f))
+    assert seen and 0 < seen[-1] <= 1 and seen == sorted(seen)
+    with pytest.raises(review.ReviewError, match="cancelled"):
+        review.explain(checkpoint, case.x, 0, "fast", cancel=lambda: True)
+    capped = review.explain(checkpoint, case.x, 0, "paper", time_limit_s=0.0)
+    assert capped.stopped_by_time and capped.iterations < 800
+
+
+def test_render_needs_no_model_and_follows_the_settings(case, checkpoint, explanation, monkeypatch):
+    from dprotonet_core.model.dprotonet import DProtoNet
+
+    monkeypatch.setattr(DProtoNet, "feature_map", lambda *a: pytest.fail("rendering called the model"))
+    images = {}
+    for view in review.VIEWS:
+        for gamma in (0.0, 3.0):
+            rendered = review.render_case(case, checkpoint, explanation, review.DisplaySettings(gamma=gamma, view=view))
+            assert rendered.query.image.shape == (review.DISPLAY_SIZE, review.DISPLAY_SIZE, 3)
+            assert rendered.query.image.dtype == np.uint8
+            images[(view, gamma)] = rendered.query.image
+            figure = rendered.figure
+            kinds = [t["type"] for t in figure["data"]]
+            assert kinds.count("image") == 2
+            assert figure["layout"]["xaxis2"]["matches"] == "x" and figure["layout"]["yaxis2"]["matches"] == "y"
+    assert len({v.tobytes() for v in images.values()}) > 3
+    high = review.render_case(case, checkpoint, explanation, review.DisplaySettings(gamma=10.0))
+    assert any("gamma" in n or "no region" in n for n in high.notes) or not high.query.empty
+
+
+def test_colorscale_matches_overlay_colormap():
+    from dprotonet_core.explain import overlay
+
+    scale = review.colorscale("jet")
+    assert scale[0][0] == 0 and scale[-1][0] == 1
+    r, g, b = overlay.colormap_lut("jet")[255]
+    assert scale[-1][1] == f"rgb({r},{g},{b})"
+
+
+def test_report_png_and_json_carry_no_patient_data(case, checkpoint, explanation):
+    settings = review.default_settings()
+    rendered = review.render_case(case, checkpoint, explanation, settings)
+    inputs = review.report_inputs(case, checkpoint, explanation, settings, rendered)
+    data = json.loads(review.report_json(inputs))
+    assert data["prediction"]["class"] == case.prediction.class_name
+    assert data["display"]["gamma"] == settings.gamma and len(data["reasoning"]) == min(5, len(checkpoint.prototypes))
+    assert data["image"] == {"sha256": case.image_sha256, "kind": "png", "window": None}
+    assert data["disclaimer"] == review.DISCLAIMER
+    png = review.report_png(inputs)
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG" and not image.info.get("dpi") and not image.text
+    assert not re.search(rb"tEXt|iTXt|zTXt|eXIf|tIME", png)
+
+
+def test_samples_listing(tmp_path):
+    assert review.list_samples(tmp_path / "absent") == []
+    if PALM_DIR.is_dir():
+        folder = make_samples_dir(tmp_path / "s", [(sorted(PALM_DIR.glob("*.jpg"))[0], "PM", "iChallenge-PM")])
+        samples = review.list_samples(folder)
+        assert [s.label for s in samples] == ["PM"]  # the row naming a missing file is skipped
+        assert "iChallenge-PM" in samples[0].title
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "samples.csv").write_bytes(b"\xff\xfe\x00garbage")
+    assert review.list_samples(tmp_path / "bad") == []
+
+
+def test_prototype_cards_weights_and_card_sections(checkpoint):
+    cards = review.prototype_cards(checkpoint)
+    assert len(cards) == len(checkpoint.prototypes)
+    assert [c.class_index for c in cards] == sorted(c.class_index for c in cards)
+    only = review.prototype_cards(checkpoint, [checkpoint.classes[1]])
+    assert {c.class_name for c in only} == {checkpoint.classes[1]}
+    rows = review.prototype_provenance(cards[0])
+    assert any(r["Field"].startswith("Augmented views R") for r in rows)
+    figure = review.weights_figure(checkpoint)
+    assert len(figure.data) == len(checkpoint.classes)
+    titles = [t for t, _ in review.card_sections(checkpoint.card)]
+    assert titles[0] == "Intended use and limits" and "Versions" in titles
+    assert review.card_integrity(checkpoint.card)[0]["sha256"]
+
+
+def test_evaluation_absent_then_read(checkpoint_dir, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(checkpoint_dir, tmp_path / "ck")
+    assert review.load_evaluation(folder) is None
+    (folder / "evaluation").mkdir()
+    metrics = {
+        "classification": {"accuracy": 0.75, "sensitivity": None},
+        "dataset": {"name": "x", "split": "test", "n": 4},
+        "table5": {"columns": ["AD", "DICE"], "higher_is_better": {"AD": False, "DICE": True},
+                   "rows": [{"name": "DProtoNet", "AD": 12.5, "DICE": None, "n_images": 4}]},
+        "figures": {"files": {"roc": {"json": "figures/roc.json"}, "evil": {"json": "../../etc/passwd"}}},
+    }
+    (folder / "evaluation" / "metrics.json").write_text(json.dumps(metrics))
+    view = review.load_evaluation(folder)
+    assert view.table5 == [{"Method": "DProtoNet", "AD ↓": 12.5, "DICE ↑": None, "images": 4}]
+    assert review.classification_metrics(view)["Accuracy"] == "0.750"
+    assert review.classification_metrics(view)["Sensitivity"] == "n/a"
+    assert view.figures == {}  # roc.json absent, the path outside the folder ignored
+
+
+def test_concurrent_predict_and_explain_agree(checkpoint, case):
+    """One shared model, several threads: each gets the single-thread answer."""
+    expected = review.predict(checkpoint, case.x).probabilities
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(review.predict(checkpoint, case.x).probabilities)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and all(np.allclose(r, expected) for r in results)
+    assert not checkpoint.model.training and not any(p.requires_grad for p in checkpoint.model.parameters())
+    assert torch.is_grad_enabled()
