@@ -169,6 +169,32 @@ def run_epoch(
     return out
 
 
+@torch.no_grad()
+def recalibrate_batch_norm(model: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> int:
+    """Re-estimate every batch-norm layer's running mean/var as the plain average over `dataset`
+    (un-augmented), weights untouched. Returns the number of layers reset (0: nothing to do).
+
+    A backbone trained from random weights for a few epochs moves faster than the running
+    statistics (momentum 0.1) follow, and in eval mode it then sees the wrong statistics.
+    """
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not layers or len(dataset) == 0:
+        return 0
+    was_training = model.training
+    saved = [(m, m.momentum, m.training) for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+        m.train()
+    for x, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        model(x.to(device))
+    for m, momentum, training in saved:
+        m.momentum = momentum
+        m.train(training)
+    model.train(was_training)
+    return len(layers)
+
+
 @torch.inference_mode()
 def accuracy(model: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> float | None:
     """Accuracy on an un-augmented dataset, model in eval mode (restored after); None if empty."""
@@ -309,6 +335,8 @@ def train(
         t0 = time.perf_counter()
         entry: dict = {"step": index, "epoch": step.epoch + 1, "phase": step.phase or "push"}
         if step.kind == "push":
+            if cfg.recalibrate_bn:
+                entry["bn_recalibrated"] = recalibrate_batch_norm(model, run.train_plain, cfg.batch_size, run.device)
             result = project_prototypes(
                 model, run.train_plain, views=cfg.projection_views, augment=run.augment,
                 labels=run.train_plain.labels, batch_size=cfg.batch_size, device=run.device,
@@ -480,6 +508,8 @@ def train_baseline(run: _Run, log: Callable[[dict], None] | None = None) -> dict
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        if cfg.recalibrate_bn:
+            recalibrate_batch_norm(net, run.train_plain, cfg.batch_size, run.device)
         acc = accuracy(net, run.val, cfg.batch_size, run.device)
         seconds.append(round(time.perf_counter() - t0, 3))
         entry = {"phase": "baseline", "epoch": epoch + 1, "val_accuracy": acc, "seconds": seconds[-1]}
