@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import textwrap
 import threading
 import time
@@ -474,7 +475,9 @@ def explain(
 
     if profile not in MDM_PROFILES:
         raise ReviewError(f"Unknown explanation profile {profile!r}.")
-    cfg = dataclasses.replace(mdm.profile(profile), time_limit=time_limit_s)
+    # channels_last=False: mdm.frozen() would otherwise convert the shared model's memory format back and forth,
+    # and the model is shared by every session of the server (st.cache_resource).
+    cfg = dataclasses.replace(mdm.profile(profile), time_limit=time_limit_s, channels_last=False)
 
     def report(step: int, total: int, _loss: float) -> None:
         if progress is not None:
@@ -987,6 +990,15 @@ def load_evaluation(checkpoint_path: Path) -> EvaluationView | None:
         except Exception as exc:  # a damaged figure must not take the page down
             problems.append(f"figure {name} cannot be read ({type(exc).__name__})")
     return EvaluationView(folder, metrics, rows, figures, problems)
+
+
+def format_timestamp(value: Any) -> str:
+    """'2026-11-27T07:00:00+00:00' -> '2026-11-27 07:00 UTC'; anything else as text."""
+    text = str(value or "?")
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d)(:\d\d(\.\d+)?)?(\+00:00|Z)?", text)
+    if not match:
+        return text
+    return f"{match.group(1)} {match.group(2)}" + (" UTC" if match.group(5) else "")
 
 
 def classification_metrics(view: EvaluationView) -> dict[str, str]:

@@ -22,14 +22,14 @@ for problem in view.problems:
 data = view.metrics.get("dataset") or {}
 st.caption(
     f"Measured on {data.get('name', '?')} ({data.get('split', '?')} split, {data.get('n', '?')} images); "
-    f"stored {view.metrics.get('created', '?')}."
+    f"stored {review.format_timestamp(view.metrics.get('created'))}."
 )
 st.subheader("Classification")
 for column, (label, value) in zip(st.columns(4), review.classification_metrics(view).items()):
     column.metric(label, value)
-for name in ("confusion_matrix", "roc"):
+for column, name in zip(st.columns(2), ("confusion_matrix", "roc")):
     if name in view.figures:
-        st.plotly_chart(view.figures[name], width="stretch", key=f"fig_{name}")
+        column.plotly_chart(view.figures[name], width="stretch", key=f"fig_{name}")
 
 st.subheader("Explanations: Table 5 (recognition and localisation)")
 if view.table5:
@@ -38,6 +38,6 @@ if view.table5:
                "↓ lower is better.")
 else:
     st.info("No explanation metrics were stored.")
-for name in ("deletion", "insertion"):
+for column, name in zip(st.columns(2), ("deletion", "insertion")):
     if name in view.figures:
-        st.plotly_chart(view.figures[name], width="stretch", key=f"fig_{name}")
+        column.plotly_chart(view.figures[name], width="stretch", key=f"fig_{name}")

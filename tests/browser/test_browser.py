@@ -109,7 +109,10 @@ def _screenshot(page, name: str) -> None:
         ".map(e => e.scrollHeight), 800)"
     )
     page.set_viewport_size({"width": 1440, "height": min(int(height) + 40, 6000)})
-    page.wait_for_timeout(300)  # let plotly redraw at the new size before the picture
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    for i in range(charts.count()):  # every chart drawn before the picture
+        charts.nth(i).locator(".main-svg").first.wait_for(state="attached")
+    page.wait_for_timeout(300)  # let plotly finish redrawing at the new size
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
     page.set_viewport_size({"width": 1440, "height": 1100})
 

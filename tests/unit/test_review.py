@@ -56,8 +56,10 @@ def test_upload_cap_matches_streamlit_config():
     assert config["server"]["enableXsrfProtection"] is True
 
 
-def test_list_checkpoints_lists_valid_and_invalid(tmp_path):
-    make_tiny_checkpoint(tmp_path / "good")
+def test_list_checkpoints_lists_valid_and_invalid(tmp_path, checkpoint_dir):
+    import shutil
+
+    shutil.copytree(checkpoint_dir, tmp_path / "good")
     make_invalid_checkpoint(tmp_path / "bad")
     entries = review.list_checkpoints(tmp_path, bundled_root=tmp_path / "none")
     by_name = {e.path.name: e for e in entries}
@@ -220,6 +222,7 @@ def test_prototype_cards_weights_and_card_sections(checkpoint):
 def test_evaluation_absent_then_read(checkpoint_dir, tmp_path):
     import shutil
 
+    assert review.format_timestamp("2026-11-27T07:00:00+00:00") == "2026-11-27 07:00 UTC"
     folder = shutil.copytree(checkpoint_dir, tmp_path / "ck")
     assert review.load_evaluation(folder) is None
     (folder / "evaluation").mkdir()
@@ -238,22 +241,26 @@ def test_evaluation_absent_then_read(checkpoint_dir, tmp_path):
     assert view.figures == {}  # roc.json absent, the path outside the folder ignored
 
 
-def test_concurrent_predict_and_explain_agree(checkpoint, case):
-    """One shared model, several threads: each gets the single-thread answer."""
+def test_concurrent_predict_and_explain_agree(checkpoint, case, explanation):
+    """One shared model, several threads: each gets the single-thread answer, and the model is left unchanged."""
     expected = review.predict(checkpoint, case.x).probabilities
-    results, errors = [], []
+    results, stacks, errors = [], [], []
 
-    def work():
+    def work(i):
         try:
-            results.append(review.predict(checkpoint, case.x).probabilities)
+            if i % 2:
+                stacks.append(review.explain(checkpoint, case.x, explanation.prototype, "fast").query_stack)
+            else:
+                results.append(review.predict(checkpoint, case.x).probabilities)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors and all(np.allclose(r, expected) for r in results)
+    assert len(stacks) == 2 and all(np.allclose(s, explanation.query_stack, atol=1e-5) for s in stacks)
     assert not checkpoint.model.training and not any(p.requires_grad for p in checkpoint.model.parameters())
     assert torch.is_grad_enabled()
