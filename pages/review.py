@@ -70,9 +70,9 @@ with st.sidebar:
                               if n in presets else "manual (centre / width)")
         base = presets.get(preset) or loaded.window or next(iter(presets.values()))
         c1, c2 = st.columns(2)
-        center = c1.number_input("Centre", value=float(base.center), disabled=preset != MANUAL, key="win_c")
+        center = c1.number_input("Centre", value=float(base.center), disabled=preset != MANUAL, key=f"win_c:{preset}")
         width = c2.number_input("Width", value=float(base.width), min_value=1.0, disabled=preset != MANUAL,
-                                key="win_w")
+                                key=f"win_w:{preset}")
         window = Window(center, width, MANUAL) if preset == MANUAL else presets[preset]
     st.header("Image information")
     st.caption("De-identified: technical fields only, never names, IDs or dates.")

@@ -95,6 +95,9 @@ def test_window_preset_and_other_prototype(app, monkeypatch):
     _upload(app, "chest.dcm", REAL_DICOM.read_bytes())
     app.sidebar.selectbox(key="window_preset").set_value("lung").run()
     assert not app.exception
+    app.sidebar.selectbox(key="window_preset").set_value("manual").run()
+    app.sidebar.number_input(key="win_w:manual").set_value(80.0).run()
+    assert not app.exception and any(s.value.startswith("Prediction:") for s in app.subheader)
     radio = next(r for r in app.radio if r.label == "Explain with prototype")
     other = radio.options[1]
     radio.set_value(int(other.split()[0].lstrip("#"))).run()
