@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from dprotonet_core.config import MDM_PROFILES, MDMConfig, ModelConfig  # noqa: E402
 from dprotonet_core.data.synthetic import make_blob_images  # noqa: E402
 from dprotonet_core.explain.mdm import detection_node, explain_query, optimise_mask_vectors  # noqa: E402
-from dprotonet_core.model.dprotonet import DProtoNet, LogitsOnly  # noqa: E402
+from dprotonet_core.model.dprotonet import DProtoNet  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,19 +155,15 @@ def fidelity(stack_ref: np.ndarray, stack: np.ndarray) -> tuple[float, float]:
 
 
 def gradcam_times(model: DProtoNet, x: torch.Tensor, device: torch.device) -> dict[str, float]:
-    from pytorch_grad_cam import GradCAM, ScoreCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    """Seconds per image of Grad-CAM and Score-CAM (the project's baselines wrapper) on the same model."""
+    from dprotonet_core.explain.baselines import saliency
 
-    wrapped = LogitsOnly(model).eval()
-    layer = [list(model.backbone.modules())[-1]] if not hasattr(model.backbone, "stages") else [
-        model.backbone.stages[-1]
-    ]
-    target = [ClassifierOutputTarget(int(model(x[None]).logits.argmax()))]
+    with torch.no_grad():
+        target = int(model(x[None]).logits.argmax())
     times = {}
-    for name, cls in (("Grad-CAM", GradCAM), ("Score-CAM", ScoreCAM)):
-        with cls(model=wrapped, target_layers=layer) as method:
-            method(input_tensor=x[None], targets=target)  # warm-up
-            _, seconds, _ = timed(device, lambda m=method: m(input_tensor=x[None], targets=target))
+    for name, method in (("Grad-CAM", "gradcam"), ("Score-CAM", "scorecam")):
+        saliency(method, model, x, target)  # warm-up
+        _, seconds, _ = timed(device, lambda m=method: saliency(m, model, x, target))
         times[name] = seconds
     return times
 
