@@ -80,6 +80,7 @@ def normal_png() -> bytes:
 
 def open_app(models_dir: Path, monkeypatch, samples_dir: Path) -> AppTest:
     """The app on the review page with the tiny checkpoint picked (bundled demos may be listed first)."""
+    monkeypatch.setenv("DPROTONET_MODELS_DIR", str(models_dir))
     monkeypatch.setenv("DPROTONET_SAMPLES_DIR", str(samples_dir))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception, at.exception
