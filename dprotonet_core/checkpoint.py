@@ -177,9 +177,13 @@ def _refuse_pickles(folder: Path) -> None:
         if path.suffix.lower() in _PICKLE_SUFFIXES:
             raise CheckpointError(f"{path.name}: pickle-type files are not accepted in a checkpoint folder")
         with open(path, "rb") as f:
-            head = f.read(2)
-        if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+            head = f.read(4)
+        if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
             raise CheckpointError(f"{path.relative_to(folder)}: looks like a Python pickle; refused")
+        if head in (b"PK\x03\x04", b"PK\x05\x06"):
+            raise CheckpointError(
+                f"{path.relative_to(folder)}: a zip archive (torch.save's format, which holds a pickle); refused"
+            )
 
 
 def read_card(folder: str | Path) -> dict:
@@ -235,6 +239,41 @@ def _check_tensors(folder: Path, card: dict, state: dict[str, torch.Tensor], mod
         raise CheckpointError(f"{MODEL_FILE}: tensor {missing[0]!r} is missing ({len(missing)} in all)")
 
 
+def _check_config(card: dict) -> ModelConfig:
+    """The card's model config, and that the card's class list agrees with it."""
+    try:
+        config = from_dict(ModelConfig, card["model_config"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"card.json: model_config is not valid ({exc})") from None
+    if len(card["classes"]) != config.num_classes:
+        raise CheckpointError(
+            f"card.json: {len(card['classes'])} classes listed but the model has {config.num_classes} outputs"
+        )
+    return config
+
+
+def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from a safetensors file's JSON header, without reading any tensor."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= 100_000_000:
+                raise ValueError(f"header length {size}")
+            header = json.loads(f.read(size))
+        return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{MODEL_FILE}: cannot be read as safetensors ({exc})") from None
+
+
+def _check_declared_shapes(folder: Path, card: dict, config: ModelConfig) -> None:
+    """Cheap form of _check_tensors for listing: the file's header against the card and the card's model
+    (built on the meta device: shapes only, no memory, no random init)."""
+    with torch.device("meta"):
+        model = DProtoNet(config)
+    shapes = {k: torch.empty(v, device="meta") for k, v in _safetensors_shapes(folder / MODEL_FILE).items()}
+    _check_tensors(folder, card, shapes, model)
+
+
 def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load and verify a checkpoint folder; the model comes back in eval mode, frozen."""
     folder = Path(folder)
@@ -243,11 +282,7 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
     _refuse_pickles(folder)
     card = read_card(folder)
     _verify_hashes(folder, card)
-    config = from_dict(ModelConfig, card["model_config"])
-    if len(card["classes"]) != config.num_classes:
-        raise CheckpointError(
-            f"card.json: {len(card['classes'])} classes listed but the model has {config.num_classes} outputs"
-        )
+    config = _check_config(card)
     try:
         state = load_file(str(folder / MODEL_FILE))
     except Exception as exc:  # safetensors raises several types for a damaged file
@@ -282,7 +317,8 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
 def find_checkpoints(models_dir: str | Path) -> list[tuple[Path, dict | None, str | None]]:
     """Every folder under `models_dir` holding a card.json: (path, card or None, problem or None).
 
-    Only the card and hashes are checked here (cheap); `load_checkpoint` does the rest."""
+    Checked here (cheap): pickles, the card, hashes, and tensor shapes from the file's header against the card
+    and the card's model; `load_checkpoint` then reads the tensors themselves."""
     found = []
     root = Path(models_dir)
     if not root.is_dir():
@@ -293,6 +329,7 @@ def find_checkpoints(models_dir: str | Path) -> list[tuple[Path, dict | None, st
             _refuse_pickles(folder)
             card = read_card(folder)
             _verify_hashes(folder, card)
+            _check_declared_shapes(folder, card, _check_config(card))
             found.append((folder, card, None))
         except CheckpointError as exc:
             found.append((folder, None, str(exc)))
