@@ -10,9 +10,9 @@ still held afterwards by at most MEMORY_RETAINED_BOUND_MB. A single decoded deco
 (30000 x 30000 PNG: 900 MB as uint8, 3.6 GB as float32) or the 60000 x 60000 DICOM would break the peak bound
 many times over; per-session caches are bounded by MAX_CACHED_CASES and MAX_CACHED_EXPLANATIONS.
 
-Speed (CPU is shared): MDM's "fast" profile is cut to MDM_TEST_ITERATIONS iterations here. The explanation
-still runs end to end (both panes are rendered from a real mask stack); what this module tests is how the page
-copes with the upload, not the quality of the heatmap (tests/unit/test_mdm.py does that).
+Speed (CPU is shared): MDM's profiles (the default paper one too) are cut to MDM_TEST_ITERATIONS iterations here.
+The explanation still runs end to end (both panes are rendered from a real mask stack); what this module tests
+is how the page copes with the upload, not the quality of the heatmap (tests/unit/test_mdm.py does that).
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def quick_mdm(monkeypatch):
 
     from dprotonet_core.explain import mdm
 
-    monkeypatch.setitem(mdm.MDM_PROFILES, "fast", replace(mdm.profile("fast"), iterations=MDM_TEST_ITERATIONS))
+    for name in ("fast", "paper"):  # the app's default is the paper protocol
+        monkeypatch.setitem(mdm.MDM_PROFILES, name, replace(mdm.profile(name), iterations=MDM_TEST_ITERATIONS))
 
 
 @pytest.fixture(scope="module")
