@@ -9,6 +9,7 @@ import streamlit as st
 from dprotonet_core import review, ui
 
 review.configure_torch()
+review.configure_logging()
 
 st.set_page_config(
     page_title="DProtoNet Review", page_icon=":material/radiology:", layout="wide", initial_sidebar_state="expanded"

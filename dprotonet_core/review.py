@@ -17,8 +17,10 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import re
+import sys
 import textwrap
 import threading
 import time
@@ -87,6 +89,35 @@ def configure_torch(environ: dict[str, str] | None = None) -> int:
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
+
+
+LOG = logging.getLogger("dprotonet_core.review")
+LOG_LEVEL_ENV = "DPROTONET_LOG_LEVEL"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes (test runners swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def configure_logging(environ: dict[str, str] | None = None) -> int:
+    """The server's audit log: the `dprotonet_core` loggers on stderr at $DPROTONET_LOG_LEVEL (default INFO).
+
+    Records carry the first 12 hex digits of an upload's sha256, the checkpoint id, the image kind and size,
+    and timings; never pixels, file names, DICOM header fields or the reader's messages."""
+    name = (environ if environ is not None else os.environ).get(LOG_LEVEL_ENV, "INFO").strip().upper()
+    level = logging.getLevelName(name)
+    level = level if isinstance(level, int) else logging.INFO
+    logger = logging.getLogger("dprotonet_core")
+    logger.setLevel(level)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    return level
 
 
 class ReviewError(Exception):
@@ -179,12 +210,19 @@ def file_hash(data: bytes) -> str:
 
 def read_upload(data: bytes, window: Window | None = None) -> LoadedImage:
     """Decode uploaded bytes (DICOM, PNG, JPEG, TIFF); any problem is one ReviewError line."""
+    digest, start = file_hash(data)[:12], time.perf_counter()
     if len(data) > MAX_UPLOAD_MB * 1024 * 1024:
+        LOG.info("upload refused: image %s, %d bytes, over %d MB", digest, len(data), MAX_UPLOAD_MB)
         raise ReviewError(f"The file is larger than {MAX_UPLOAD_MB} MB; please upload a smaller image.")
     try:
-        return image_io.read_image(data, max_pixels=MAX_PIXELS, window=window)
+        loaded = image_io.read_image(data, max_pixels=MAX_PIXELS, window=window)
     except ImageReadError as exc:
+        LOG.info("upload refused: image %s, %d bytes, unreadable (%.3f s)", digest, len(data),
+                 time.perf_counter() - start)
         raise ReviewError(str(exc)) from None
+    LOG.info("upload read: image %s, %s, %d x %d px (%.3f s)", digest, loaded.kind, loaded.pixels.shape[1],
+             loaded.pixels.shape[0], time.perf_counter() - start)
+    return loaded
 
 
 def is_windowable(loaded: LoadedImage) -> bool:
@@ -373,8 +411,10 @@ def cached_case(
     if ck in cases:
         cases.move_to_end(ck)
         return cases[ck]
+    start = time.perf_counter()
     x = model_input(checkpoint, loaded)
     case = Case(data_hash, key, loaded.kind, x, predict(checkpoint, x), display_pixels(loaded))
+    LOG.info("prediction: image %s, checkpoint %s (%.3f s)", data_hash[:12], ck[1], time.perf_counter() - start)
     cases[ck] = case
     while len(cases) > MAX_CACHED_CASES:
         cases.popitem(last=False)
@@ -521,6 +561,9 @@ def explain_cached(
         return hit
     value = explain(checkpoint, x, prototype, profile, progress, cancel, time_limit_s)
     cache.put(key, value)
+    LOG.info("explanation: image %s, checkpoint %s, prototype %d, %s profile, %d iterations%s (%.2f s)",
+             key_image[:12], key[1], prototype, profile, value.iterations,
+             ", stopped by the time limit" if value.stopped_by_time else "", value.seconds)
     return value
 
 
