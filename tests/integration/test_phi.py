@@ -204,6 +204,7 @@ def test_phi_never_leaves_the_dicom(tmp_path, monkeypatch, debug_logging, media,
     monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() re-reads TMPDIR
     monkeypatch.setenv("DPROTONET_MODELS_DIR", str(ck_root))
     monkeypatch.setenv("DPROTONET_SAMPLES_DIR", str(tmp_path / "no-samples"))
+    monkeypatch.setenv("DPROTONET_LOG_LEVEL", "DEBUG")  # the app's own audit log at its most verbose
     data = phi_dicom()
     assert all(phi.encode() in data for phi in PHI_STRINGS)  # the file really holds them
 
@@ -250,6 +251,10 @@ def test_phi_never_leaves_the_dicom(tmp_path, monkeypatch, debug_logging, media,
 
     # Logs at DEBUG, warnings, stdout/stderr.
     assert debug_logging.records, "no log record at all: the DEBUG capture is not working"
+    audit = [r for r in debug_logging.records if r.startswith("dprotonet_core.review")]
+    digest = review.file_hash(data)[:12]
+    assert any(digest in r and "prediction" in r for r in audit), audit  # hashes and timings are logged
+    assert any(digest in r and "explanation" in r for r in audit), audit
     found += leaks("\n".join(debug_logging.records), "log record")
     found += leaks("\n".join(str(w.message) for w in caught), "warning")
     out, err = capfd.readouterr()
