@@ -64,5 +64,5 @@ def run(args: argparse.Namespace) -> int:
                 command_line="python -m dprotonet_core " + shlex.join(sys.argv[1:]))
     save_checkpoint(model, args.out, card, records, result.images, dtype=card.get("dtype", "float32"))
     print(json.dumps({"checkpoint": args.out, "views": views, "val_accuracy": metrics.get("val_accuracy"),
-                      "moved": [round(d, 6) for d in result.distances]}))
+                      "distance_before": [round(d, 4) for d in result.distances]}))
     return 0

@@ -421,7 +421,7 @@ def _finish(run: _Run, out: Path, history: list[dict], best: dict | None, projec
         "val_accuracy": val_acc,
         "val_images": len(run.val),
         "train_images": len(run.train_plain),
-        "measured_on": "validation split carved (stratified) from the training data; never a test set",
+        "measured_on": f"validation split of the training data ({run.split}); never a test set",
         "selected_step": best["step"] if best else None,
         "selected_epoch": best["epoch"] if best else None,
     }
