@@ -132,6 +132,9 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
     split = {"seed": plan.seed, "val_fraction": plan.val_fraction, "test_fraction": plan.test_fraction}
     train_ds, val_ds, test_ds = (load_dataset(plan.dataset, data_root, s, plan.input_size, transform=None, **split)
                                  for s in ("train", "val", "test"))
+    for dataset in (train_ds, val_ds, test_ds):  # decode once here: DataLoader workers fork with the cache filled
+        for i in range(len(dataset)):
+            dataset[i]
     model_cfg = ModelConfig(backbone=plan.backbone, input_size=plan.input_size, num_classes=len(train_ds.classes))
     train_cfg = TrainConfig(epochs=plan.epochs, batch_size=plan.batch_size, seed=plan.seed,
                             projection_views=plan.views, val_fraction=plan.val_fraction, num_workers=1)
