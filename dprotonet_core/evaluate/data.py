@@ -73,9 +73,10 @@ def _split_options(card: dict) -> dict:
     """The seed and validation fraction the checkpoint was trained with, so the loader's splits
     are the trainer's splits."""
     options = {"seed": int(card.get("seed", 0))}
-    fraction = ((card.get("training_data") or {}).get("split") or {}).get("val_fraction")
-    if fraction is not None:
-        options["val_fraction"] = float(fraction)
+    split = (card.get("training_data") or {}).get("split") or {}
+    for key in ("val_fraction", "test_fraction"):  # test_fraction: a held-out test split (make-demo's cards)
+        if split.get(key) is not None:
+            options[key] = float(split[key])
     return options
 
 
