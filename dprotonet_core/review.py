@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets"
 BUNDLED_CHECKPOINTS = ("ichallenge-pm", "rsna-pneumonia")
 MODELS_DIR_ENV = "DPROTONET_MODELS_DIR"
+BUNDLED_ENV = "DPROTONET_BUNDLED"  # "0": do not list the bundled demo checkpoints
 DEFAULT_MODELS_DIR = ASSETS / "checkpoints"
 SAMPLES_DIR_ENV = "DPROTONET_SAMPLES_DIR"
 DEFAULT_SAMPLES_DIR = ASSETS / "samples"
@@ -158,7 +159,10 @@ def list_checkpoints(root: Path | None = None, bundled_root: Path = DEFAULT_MODE
     Only cards and hashes are checked (cheap); a folder that fails is listed with its problem."""
     root = models_dir() if root is None else root
     entries: dict[Path, CheckpointEntry] = {}
-    for base, is_bundled in ((bundled_root, True), (root, False)):
+    sources = [(bundled_root, True), (root, False)]
+    if os.environ.get(BUNDLED_ENV, "1").strip() == "0":  # a deployment serving only its own checkpoints
+        sources = sources[1:]
+    for base, is_bundled in sources:
         for path, card, problem in find_checkpoints(base):
             resolved = path.resolve()
             if resolved in entries:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ PALM_DIR = SHARED_DATA / "palm-training400-224"
 REAL_DICOM = SHARED_DATA / "dicom" / "cr-chest-pa-jpeg-baseline.dcm"
 
 torch.set_num_threads(1)
+# The app under test lists only the checkpoints a test puts in DPROTONET_MODELS_DIR, not the bundled demos
+# (tests/unit/test_bundled.py covers those); set before any fixture copies the environment for a server.
+os.environ["DPROTONET_BUNDLED"] = "0"
 
 
 @pytest.fixture(scope="session")
