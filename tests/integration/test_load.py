@@ -12,8 +12,9 @@ Bounded: 127.0.0.1 only, 8 sessions, one upload and one report download each, ev
 
 Speed (CI on 2 shared cores): the server is the real `streamlit run` CLI, started through a short launcher
 that first cuts both MDM profiles (the app's default paper protocol and the fast preview) to
-MDM_TEST_ITERATIONS iterations; the single-session reference uses the same profiles. What is tested is that
-sessions stay apart under concurrency, not the heatmap's quality.
+MDM_TEST_ITERATIONS iterations, and hides the bundled demo checkpoints so every session starts on the tiny test
+checkpoint; the single-session reference uses the same profiles. What is tested is that sessions stay apart
+under concurrency, not the heatmap's quality.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ SESSIONS = 8
 STARTUP_TIMEOUT_S = 90
 RESULT_TIMEOUT_MS = 240_000
 TEST_TIMEOUT_S = 540
+ARTIFACTS = REPO / "tests" / "artifacts"
 MDM_TEST_ITERATIONS = 20
 LAUNCHER = (
     "import dataclasses, sys\n"
@@ -50,6 +52,8 @@ LAUNCHER = (
     "n = int(sys.argv.pop(1))\n"
     "for name in ('fast', 'paper'):\n"
     "    mdm.MDM_PROFILES[name] = dataclasses.replace(mdm.MDM_PROFILES[name], iterations=n)\n"
+    "from dprotonet_core import review\n"
+    "review.BUNDLED_CHECKPOINTS = ()\n"
     "from streamlit.web.cli import main\n"
     "sys.argv[0] = 'streamlit'\n"
     "sys.exit(main())\n"
@@ -211,9 +215,17 @@ def test_eight_concurrent_sessions_each_get_their_own_correct_result(server, mod
             start, cpu0 = time.perf_counter(), _cpu_s(process.pid)
             for page, path in zip(pages, images):  # all 8 uploads go out before any result is awaited
                 page.locator("input[type=file]").first.set_input_files(str(path))
-            for page in pages:
-                page.get_by_text("Prediction:").first.wait_for()
-                _pane_images(page, wait=True)
+            for i, page in enumerate(pages):
+                try:
+                    page.get_by_text("Prediction:").first.wait_for()
+                    _pane_images(page, wait=True)
+                except Exception:
+                    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=str(ARTIFACTS / f"load-session-{i}.png"), full_page=True)
+                    raise AssertionError(
+                        f"session {i}: no complete result in time (screenshot tests/artifacts/load-session-{i}.png)"
+                        f"; server log:\n{log.read_text()[-3000:]}"
+                    ) from None
             wall_s = time.perf_counter() - start
             server_cpu_s = _cpu_s(process.pid) - cpu0
             peak_kb = _status_kb(process.pid, "VmHWM")
