@@ -12,8 +12,8 @@ Bounded: 127.0.0.1 only, 8 sessions, one upload and one report download each, ev
 
 Speed (CI on 2 shared cores): the server is the real `streamlit run` CLI, started through a short launcher
 that first cuts both MDM profiles (the app's default paper protocol and the fast preview) to
-MDM_TEST_ITERATIONS iterations, and hides the bundled demo checkpoints so every session starts on the tiny test
-checkpoint; the single-session reference uses the same profiles. What is tested is that sessions stay apart
+MDM_TEST_ITERATIONS iterations; DPROTONET_BUNDLED=0 hides the bundled demo checkpoints so every session starts on
+the tiny test checkpoint; the single-session reference uses the same profiles. What is tested is that sessions stay apart
 under concurrency, not the heatmap's quality.
 """
 
@@ -52,8 +52,6 @@ LAUNCHER = (
     "n = int(sys.argv.pop(1))\n"
     "for name in ('fast', 'paper'):\n"
     "    mdm.MDM_PROFILES[name] = dataclasses.replace(mdm.MDM_PROFILES[name], iterations=n)\n"
-    "from dprotonet_core import review\n"
-    "review.BUNDLED_CHECKPOINTS = ()\n"
     "from streamlit.web.cli import main\n"
     "sys.argv[0] = 'streamlit'\n"
     "sys.exit(main())\n"
@@ -137,7 +135,7 @@ def server(models, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "stderr.txt"
     env = {**os.environ, "DPROTONET_MODELS_DIR": str(models),
            "DPROTONET_SAMPLES_DIR": str(tmp_path_factory.mktemp("no-samples")),
-           "OMP_NUM_THREADS": "1", "DPROTONET_TORCH_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "DPROTONET_TORCH_THREADS": "1", "DPROTONET_BUNDLED": "0"}
     with open(log, "wb") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-c", LAUNCHER, str(MDM_TEST_ITERATIONS), "run", "app.py", "--server.address", "127.0.0.1",
