@@ -28,17 +28,9 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def tiny_config():
-    from dprotonet_core.config import ModelConfig
+    from tests.app_support import tiny_model_config
 
-    return ModelConfig(
-        backbone="tiny_cnn",
-        input_size=64,
-        num_classes=2,
-        prototypes_per_class=2,
-        prototype_channels=16,
-        shaping_hidden_channels=16,
-        num_feature_masks=12,
-    )
+    return tiny_model_config()
 
 
 @pytest.fixture
