@@ -173,15 +173,31 @@ def masked_image(x: torch.Tensor, g: torch.Tensor, baseline: torch.Tensor | None
 # --- eq. 13 / 14 ----------------------------------------------------------------------------
 
 
-def feature_distance(z: torch.Tensor, target: torch.Tensor, form: str = "paper") -> torch.Tensor:
-    """s(z, target) = ||z - target||^2 over the last dim (eq. 1), as the paper prints it;
-    form "relative" divides by ||target||^2 (DEVIATION, see MDMConfig.distance)."""
+def feature_distance(
+    z: torch.Tensor, target: torch.Tensor, form: str = "paper", deletion: torch.Tensor | None = None
+) -> torch.Tensor:
+    """s(z, target) = ||z - target||^2 over the last dim (eq. 1), as the paper prints it (form "paper").
+
+    Form "deletion" (DEVIATION, see MDMConfig.distance) divides by `deletion`, the same distance for the
+    fully masked image, s(z(b), target): 0 keeps the feature, 1 is as far as deleting everything.
+    """
     s = ((z - target) ** 2).sum(-1)
     if form == "paper":
         return s
-    if form == "relative":
-        return s / (target**2).sum(-1).clamp_min(1e-12)
-    raise ValueError(f"unknown distance form {form!r}; choose paper or relative")
+    if form == "deletion":
+        if deletion is None:
+            raise ValueError("the deletion form needs s(z(baseline), target)")
+        return s / deletion
+    raise ValueError(f"unknown distance form {form!r}; choose paper or deletion")
+
+
+def deletion_distance(z_baseline: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """s(z_j(b), target): how far the feature moves when the whole image is masked out (g = 0).
+
+    The scale of the deletion form. Floored at 1e-6 ||target||^2 so a feature that ignores the image
+    cannot divide by zero."""
+    s = ((z_baseline - target) ** 2).sum(-1)
+    return s.clamp_min(1e-6 * (target**2).sum(-1).clamp_min(1e-12))
 
 
 def mask_l1(vector: torch.Tensor) -> torch.Tensor:
@@ -190,17 +206,27 @@ def mask_l1(vector: torch.Tensor) -> torch.Tensor:
 
 
 def query_loss(
-    z_masked: torch.Tensor, z_query: torch.Tensor, vector: torch.Tensor, eta: float, form: str = "paper"
+    z_masked: torch.Tensor,
+    z_query: torch.Tensor,
+    vector: torch.Tensor,
+    eta: float,
+    form: str = "paper",
+    deletion: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Eq. 13: L_i^x = s(z_jx(g(d_i^x) x), z_jx(x)) + eta_i * mean|d_i^x|."""
-    return feature_distance(z_masked, z_query, form) + eta * mask_l1(vector)
+    return feature_distance(z_masked, z_query, form, deletion) + eta * mask_l1(vector)
 
 
 def prototype_loss(
-    z_masked: torch.Tensor, prototype: torch.Tensor, vector: torch.Tensor, eta: float, form: str = "paper"
+    z_masked: torch.Tensor,
+    prototype: torch.Tensor,
+    vector: torch.Tensor,
+    eta: float,
+    form: str = "paper",
+    deletion: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Eq. 14: L_i^{x^pt} = s(z_jpt(g(d_i) x^pt), p_t) + eta_i * mean|d_i^{x^pt}|."""
-    return feature_distance(z_masked, prototype, form) + eta * mask_l1(vector)
+    return feature_distance(z_masked, prototype, form, deletion) + eta * mask_l1(vector)
 
 
 # --- the optimisation -----------------------------------------------------------------------
@@ -264,6 +290,12 @@ def _optimise_group(
     base = None if cfg.baseline == "black" else baseline_image(x_rep, cfg.baseline, cfg.blur_sigma)
     idx_rep = mask_indices.repeat_interleave(d)
     t_rep = targets.repeat_interleave(d, dim=0)
+    scale = None
+    if cfg.distance == "deletion":
+        with torch.no_grad():
+            blank = baseline_image(images, cfg.baseline, cfg.blur_sigma)  # g = 0 everywhere
+            scale = deletion_distance(model.feature_vectors(blank, mask_indices), targets).repeat_interleave(d)
+    eta = cfg.effective_eta
     history: list[float] = []
     window: list[torch.Tensor] = []
     converged = stopped_by_time = False
@@ -278,9 +310,9 @@ def _optimise_group(
             group["lr"] = _learning_rate(cfg, step)
         g = upsample_mask_vectors(vectors, size).reshape(n * d, 1, *size)  # (N*D, 1, H, W)
         z = model.feature_vectors(masked_image(x_rep, g, base), idx_rep)  # (N*D, Dz)
-        dist = feature_distance(z, t_rep, cfg.distance).reshape(n, d)
+        dist = feature_distance(z, t_rep, cfg.distance, scale).reshape(n, d)
         l1 = torch.stack([mask_l1(v) for v in vectors], dim=1)  # (N, D)
-        per_vector = dist + cfg.eta * l1  # eq. 13 / 14, one term per vector
+        per_vector = dist + eta * l1  # eq. 13 / 14, one term per vector
         total = per_vector.sum()
         optimizer.zero_grad(set_to_none=True)
         total.backward()

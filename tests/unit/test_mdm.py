@@ -69,8 +69,40 @@ def test_losses_eq13_eq14_hand_computed():
     # s = 1 + 4 = 5; eta * mean = 10 * 0.5 = 5
     torch.testing.assert_close(mdm.query_loss(z, t, d, 10.0), torch.tensor([10.0]))
     torch.testing.assert_close(mdm.prototype_loss(z, t, d, 2.0), torch.tensor([6.0]))
-    # relative form: s / ||t||^2 = 5 / 16
-    torch.testing.assert_close(mdm.query_loss(z, t, d, 0.0, "relative"), torch.tensor([5 / 16]))
+    # deletion form: s / s(z(b), t); with s(z(b), t) = 20: 5 / 20 + 0.4 * 0.5 = 0.45
+    deletion = mdm.deletion_distance(torch.tensor([[2.0, 0.0]]), t)  # 4 + 16 = 20
+    torch.testing.assert_close(deletion, torch.tensor([20.0]))
+    torch.testing.assert_close(mdm.query_loss(z, t, d, 0.4, "deletion", deletion), torch.tensor([0.45]))
+    with pytest.raises(ValueError, match="deletion"):
+        mdm.feature_distance(z, t, "deletion")
+    # a feature that ignores the image: the floor 1e-6 ||t||^2 keeps the scale finite
+    assert float(mdm.deletion_distance(t, t)) == pytest.approx(16e-6)
+
+
+def test_deletion_form_is_invariant_to_the_feature_scale(tiny_model):
+    """The same masks whatever the scale of z: the deletion form divides it out (DEVIATION in config)."""
+    model = tiny_model
+    x = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(3))
+    cfg = MDMConfig(iterations=15)
+    node = mdm.detection_node(model, x)
+    with torch.no_grad():
+        target = model.feature_vectors(x[None], node.mask_index)[0]
+    base = mdm.optimise_mask_vectors(model, x, node.mask_index, target, cfg)
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, inner, k):
+            super().__init__()
+            self.inner, self.k = inner, k
+
+        def feature_vectors(self, images, index):
+            return self.k * self.inner.feature_vectors(images, index)
+
+    scaled = mdm.optimise_mask_vectors(Scaled(model, 7.0), x, node.mask_index, 7.0 * target, cfg)
+    for a, b in zip(base.vectors, scaled.vectors):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    paper = mdm.optimise_mask_vectors(model, x, node.mask_index, target, MDMConfig(iterations=15, distance="paper"))
+    assert cfg.effective_eta == 0.4 and MDMConfig(distance="paper").effective_eta == 10.0
+    assert any(not torch.allclose(a, b) for a, b in zip(base.vectors, paper.vectors))
 
 
 def test_detection_node_eq12_hand_built(tiny_model):
@@ -132,12 +164,15 @@ def test_prototype_side_batches_all_prototypes(tiny_model):
     torch.testing.assert_close(res.vectors[4][2], one.vectors[4], atol=1e-4, rtol=0)
 
 
-def test_eq22_masks_order_regions_by_contribution():
+@pytest.mark.parametrize("form", ["paper", "deletion"])
+def test_eq22_masks_order_regions_by_contribution(form):
     weights = [4.0, 0.5, 2.0, 1.0]  # contributions I(z_r) by construction
     model = RegionModel(weights)
     x = torch.ones(3, 48, 48)
-    cfg = _cfg(num_vectors=3, iterations=300, lr=0.05, eta=16.0)  # partial masks: no region saturates
     target = model.feature_vectors(x[None])[0]
+    # partial masks, no region saturates: eta 16 on the paper's scale, the same trade-off in the deletion form
+    deletion = float(mdm.deletion_distance(model.feature_vectors(torch.zeros_like(x)[None])[0], target))
+    cfg = _cfg(num_vectors=3, iterations=300, lr=0.05, eta=16.0, eta_deletion=16.0 / deletion, distance=form)
     res = mdm.optimise_mask_vectors(model, x, 0, target, cfg)
     s = res.stack.sum(0)
     per_region = [float(s[:, model.stripe.numpy() == k].mean()) for k in range(len(weights))]
