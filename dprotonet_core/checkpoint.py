@@ -190,25 +190,25 @@ def read_card(folder: str | Path) -> dict:
     """card.json of a checkpoint folder, or CheckpointError."""
     path = Path(folder) / CARD_FILE
     if not path.is_file():
-        raise CheckpointError(f"{path}: card.json is missing")
+        raise CheckpointError(f"{CARD_FILE} is missing")
     try:
         card = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: card.json is not valid JSON ({exc})") from None
+        raise CheckpointError(f"{CARD_FILE} is not valid JSON ({exc})") from None
     for key in ("classes", "model_config", "sha256", "tensors"):
         if key not in card:
-            raise CheckpointError(f"{path}: card.json has no {key!r} field")
+            raise CheckpointError(f"{CARD_FILE} has no {key!r} field")
     return card
 
 
 def _verify_hashes(folder: Path, card: dict) -> None:
     expected: dict[str, str] = card["sha256"]
     if MODEL_FILE not in expected:
-        raise CheckpointError(f"{folder / CARD_FILE}: no sha256 for {MODEL_FILE}")
+        raise CheckpointError(f"{CARD_FILE}: no sha256 for {MODEL_FILE}")
     for rel, digest in expected.items():
         path = folder / rel
         if not path.is_file():
-            raise CheckpointError(f"{path}: listed in card.json but missing")
+            raise CheckpointError(f"{rel}: listed in {CARD_FILE} but missing")
         actual = sha256_file(path)
         if actual != digest:
             raise CheckpointError(f"{rel}: sha256 {actual[:12]}... differs from card.json's {digest[:12]}...")
@@ -278,7 +278,7 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
     """Load and verify a checkpoint folder; the model comes back in eval mode, frozen."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: not a checkpoint folder")
+        raise CheckpointError("not a checkpoint folder (no such directory)")
     _refuse_pickles(folder)
     card = read_card(folder)
     _verify_hashes(folder, card)

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         ck = load_checkpoint(args.checkpoint)
     except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
         return 2
     model = ck.model
     size = model.config.input_size

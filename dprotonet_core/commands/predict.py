@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         ckpt = load_checkpoint(args.checkpoint)
     except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
         return 1
     failed = False
     for path in args.files:

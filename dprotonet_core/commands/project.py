@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         ckpt = load_checkpoint(args.checkpoint)
     except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
         return 1
     card, model = ckpt.card, ckpt.model
     split = card.get("training_data", {}).get("split", {})

@@ -148,6 +148,7 @@ def test_broken_checkpoint_is_refused_naming_the_problem(models_dir, name, words
     card, problem = listed[name]
     assert card is None and problem, f"{name} is listed as valid"
     assert all(w.lower() in problem.lower() for w in words), problem
+    assert str(models_dir) not in problem, "the app shows this text: no server paths"
 
 
 def test_the_good_checkpoint_still_loads(models_dir):
