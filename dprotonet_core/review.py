@@ -253,6 +253,13 @@ def image_key(data_hash: str, window: Window | None) -> str:
     return f"{data_hash}:{window.center:.6g}:{window.width:.6g}:{window.function}"
 
 
+def default_model_input(checkpoint: Checkpoint, data: bytes) -> torch.Tensor:
+    """A file's model input as the review page first shows it (a DICOM under its first window preset)."""
+    loaded = read_upload(data)
+    presets = window_presets(loaded)
+    return model_input(checkpoint, apply_window(loaded, next(iter(presets.values())) if presets else None))
+
+
 def model_input(checkpoint: Checkpoint, loaded: LoadedImage) -> torch.Tensor:
     """(1, 3, S, S) float32 in [0, 1], exactly as the model expects."""
     return image_io.to_model_input(loaded, int(checkpoint.model.config.input_size))
@@ -441,6 +448,7 @@ class Explanation:
     iterations: int
     seconds: float
     stopped_by_time: bool = False
+    precomputed: bool = False  # read from the samples' stored explanations (explain/store.py)
 
     @property
     def depth(self) -> int:
@@ -558,17 +566,51 @@ def explain_cached(
     cancel: Callable[[], bool] | None = None,
     time_limit_s: float = MDM_TIME_LIMIT_S,
 ) -> Explanation:
-    """`explain` through the session's cache: a hit costs no model call."""
+    """`explain` through the session's cache, then the bundled samples' stored explanations: a hit
+    costs no model call."""
     key = explanation_key(key_image, checkpoint, prototype, profile)
     hit = cache.get(key)
     if hit is not None:
         return hit
+    value = stored_explanation(checkpoint, x, prototype, profile)
+    if value is not None:
+        cache.put(key, value)
+        return value
     value = explain(checkpoint, x, prototype, profile, progress, cancel, time_limit_s)
     cache.put(key, value)
     LOG.info("explanation: image %s, checkpoint %s, prototype %d, %s profile, %d iterations%s (%.2f s)",
              key_image[:12], key[1], prototype, profile, value.iterations,
              ", stopped by the time limit" if value.stopped_by_time else "", value.seconds)
     return value
+
+
+def stored_explanations_dir(environ: dict[str, str] | None = None) -> Path:
+    """Where make-demo stores the samples' precomputed explanations: <samples>/explanations."""
+    return samples_dir(environ) / "explanations"
+
+
+def stored_explanation(checkpoint: Checkpoint, x: torch.Tensor, prototype: int, profile: str) -> Explanation | None:
+    """A sample's explanation computed when the demo was built, if it matches exactly (explain/store.py)."""
+    from dprotonet_core.explain import mdm, store
+
+    digest = checkpoint.card.get("sha256", {}).get("model.safetensors", "")
+    if not digest or profile not in MDM_PROFILES:
+        return None
+    found = store.load(stored_explanations_dir(), x[0], digest, prototype, profile, mdm.profile(profile))
+    if found is None:
+        return None
+    record = checkpoint.prototypes[prototype] if checkpoint.prototypes else None
+    return Explanation(
+        prototype=prototype,
+        mask_index=found.mask_index,
+        prototype_mask_index=int(record.mask_index) if record else -1,
+        query_stack=store.stack(found, int(checkpoint.model.config.input_size)),
+        prototype_stack=prototype_stack(checkpoint, prototype),
+        profile=profile,
+        iterations=found.iterations,
+        seconds=found.seconds,
+        precomputed=True,
+    )
 
 
 # -------------------------------------------------------------------------------------- rendering
@@ -744,7 +786,12 @@ def render_case(
     caption = (
         f"Both images are shown square, as the model sees them ({size} x {size} input); zoom or pan one and the "
         f"other follows (double-click resets). Heatmap: MDM, {explanation.depth} mask vectors, "
-        f"{explanation.iterations} iterations ({MDM_PROFILES.get(explanation.profile, explanation.profile)})."
+        f"{explanation.iterations} iterations ({MDM_PROFILES.get(explanation.profile, explanation.profile)})"
+        + (
+            f"; this bundled sample's heatmap was computed when the demo was built ({explanation.seconds:.0f} s)."
+            if explanation.precomputed
+            else "."
+        )
     )
     notes = []
     for name, pane in (("your image", query), ("the prototype", proto)):
@@ -1025,7 +1072,7 @@ def load_evaluation(checkpoint_path: Path) -> EvaluationView | None:
         out = {"Method": row.get("name", row.get("method", "?"))}
         for c in columns:
             value = row.get(c)
-            out[f"{c} {'↑' if better.get(c) else '↓'}"] = None if value is None else round(float(value), 3)
+            out[f"{c} {'↑' if better.get(c) else '↓'}"] = "n/a" if value is None else f"{float(value):.3f}"
         out["images"] = row.get("n_images")
         rows.append(out)
     figures: dict[str, Any] = {}

@@ -26,6 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dprotonet_core.commands._demo_mdm import (
+    SAMPLE_CHECKPOINTS,
+    prototype_mdm_record,
+    prototype_side,
+    refresh_prototype_side,
+    store_sample_explanations,
+)
+
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 PALM_CREDIT = (
     "PALM / iChallenge-PM 2019 training set (Fang et al., Scientific Data 2024; Baidu and Zhongshan "
@@ -58,7 +66,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("make-demo", help="rebuild the bundled demo checkpoints and samples from scratch")
     p.add_argument("--out", default="assets/checkpoints", type=Path, help="folder of the checkpoint folders")
     p.add_argument("--samples", default="assets/samples", type=Path, help="folder of the app's sample inputs")
-    p.add_argument("--only", choices=("ichallenge-pm", "rsna-pneumonia", "samples"), help="build just one part")
+    p.add_argument("--only", choices=("ichallenge-pm", "rsna-pneumonia", "samples", "prototype-mdm",
+                                      "sample-explanations"),
+                   help="build just one part; prototype-mdm and sample-explanations redo only the MDM results of "
+                   "the existing checkpoints and samples")
     p.add_argument("--palm", default=SHARED / "palm-training400-224", type=Path, help="PALM training images")
     p.add_argument("--rsna-data", default=Path("runs/synthetic-rsna"), type=Path,
                    help="synthetic RSNA-layout folder (generated here if absent)")
@@ -70,6 +81,7 @@ def register(subparsers) -> None:
     p.add_argument("--input-size", type=int, help="override the input size of both plans (smoke runs)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--mdm-profile", default="fast", help="MDM profile for the stored prototype side")
+    p.add_argument("--sample-profile", default="paper", help="MDM profile for the samples' stored explanations")
     p.set_defaults(func=run)
 
 
@@ -107,18 +119,6 @@ def _projection_comparison(model, train_ds, test_ds, views: int, augment, seed: 
     return out
 
 
-def _prototype_side(ckpt, profile: str) -> tuple[list[torch.Tensor], float]:
-    """Eq. 14 for every prototype, from its stored source image and mask index."""
-    from dprotonet_core.explain.mdm import explain_prototypes
-    from dprotonet_core.explain.mdm import profile as mdm_profile
-
-    images = torch.stack([torch.from_numpy(np.array(ckpt.prototype_image(i))).permute(2, 0, 1).float() / 255
-                          for i in range(len(ckpt.prototypes))])
-    t0 = time.perf_counter()
-    result = explain_prototypes(ckpt.model, images, [r.mask_index for r in ckpt.prototypes], mdm_profile(profile))
-    return result.vectors, time.perf_counter() - t0
-
-
 def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads: int, profile: str) -> dict:
     """Train, measure and write one demo checkpoint; returns its card."""
     from dprotonet_core.checkpoint import load_checkpoint, save_checkpoint
@@ -153,14 +153,14 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
     model = ckpt.model.requires_grad_(False)
     metrics["table4_test_accuracy"] = _projection_comparison(model, train_ds, test_ds, plan.views, augment,
                                                              plan.seed)
-    vectors, mdm_seconds = _prototype_side(ckpt, profile)
+    vectors, mdm_seconds = prototype_side(ckpt, profile)
     card["metrics"] = metrics
     card["training_data"] = {**card.get("training_data", {}),
                              "split": {**card.get("training_data", {}).get("split", {}),
                                        "test_fraction": plan.test_fraction,
                                        "test_ids": [str(i) for i in test_ds.ids]}}
     card["demo_plan"] = dataclasses.asdict(plan)
-    card["prototype_mdm"] = {"profile": profile, "seconds": round(mdm_seconds, 1)}
+    card["prototype_mdm"] = prototype_mdm_record(profile, mdm_seconds)
     card["build_seconds"] = round(time.perf_counter() - t_start, 1)
     images = [ckpt.prototype_image(i) for i in range(len(ckpt.prototypes))]
     for name in ("model.safetensors", "card.json"):
@@ -239,6 +239,8 @@ def _pick(dataset, per_class: int) -> list[tuple[str, str]]:
 def run(args: argparse.Namespace) -> int:
     from dprotonet_core.data.registry import load_dataset
 
+    torch.set_num_threads(args.threads)
+
     overrides = {"epochs": args.epochs, "views": args.views, "backbone": args.backbone, "input_size": args.input_size}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     plans = {
@@ -265,5 +267,11 @@ def run(args: argparse.Namespace) -> int:
         palm_test = load_dataset("ichallenge-pm", args.palm, "test", 224, **split)
         rsna_test = load_dataset("rsna", args.rsna_data, "test", 224, **split)
         write_samples(args.samples, args.palm, args.rsna_data, _pick(palm_test, 2), _pick(rsna_test, 2))
+    if args.only == "prototype-mdm":
+        for name in SAMPLE_CHECKPOINTS.values():
+            if (args.out / name / "card.json").is_file():
+                refresh_prototype_side(args.out / name, args.mdm_profile)
+    if args.only in (None, "samples", "sample-explanations"):
+        store_sample_explanations(args.samples, args.out, args.sample_profile)
     print(f"make-demo finished in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0

@@ -235,7 +235,7 @@ def test_evaluation_absent_then_read(checkpoint_dir, tmp_path):
     }
     (folder / "evaluation" / "metrics.json").write_text(json.dumps(metrics))
     view = review.load_evaluation(folder)
-    assert view.table5 == [{"Method": "DProtoNet", "AD ↓": 12.5, "DICE ↑": None, "images": 4}]
+    assert view.table5 == [{"Method": "DProtoNet", "AD ↓": "12.500", "DICE ↑": "n/a", "images": 4}]
     assert review.classification_metrics(view)["Accuracy"] == "0.750"
     assert review.classification_metrics(view)["Sensitivity"] == "n/a"
     assert view.figures == {}  # roc.json absent, the path outside the folder ignored

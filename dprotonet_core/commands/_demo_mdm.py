@@ -1,0 +1,113 @@
+"""The MDM parts of `make-demo`: the prototype side stored in each checkpoint (eq. 14), and the query
+side of the bundled samples (eq. 13) stored for the app (explain/store.py).
+
+Both can be re-run on existing checkpoints (`make-demo --only prototype-mdm`, `--only sample-explanations`),
+e.g. after an MDM setting changed, without training anything again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# samples.csv's dataset column -> the bundled checkpoint that reads such images
+SAMPLE_CHECKPOINTS = {"ichallenge-pm": "ichallenge-pm", "rsna": "rsna-pneumonia"}
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def prototype_side(ckpt, profile: str) -> tuple[list[torch.Tensor], float]:
+    """Eq. 14 for every prototype, from its stored source image and mask index."""
+    from dprotonet_core.explain.mdm import explain_prototypes
+    from dprotonet_core.explain.mdm import profile as mdm_profile
+
+    images = torch.stack([torch.from_numpy(np.array(ckpt.prototype_image(i))).permute(2, 0, 1).float() / 255
+                          for i in range(len(ckpt.prototypes))])
+    t0 = time.perf_counter()
+    result = explain_prototypes(ckpt.model, images, [r.mask_index for r in ckpt.prototypes], mdm_profile(profile))
+    return result.vectors, time.perf_counter() - t0
+
+
+def prototype_mdm_record(profile: str, seconds: float) -> dict:
+    """What the card says about its stored prototype-side masks."""
+    from dprotonet_core.explain.mdm import profile as mdm_profile
+
+    return {"profile": profile, "seconds": round(seconds, 1), "mdm_config": dataclasses.asdict(mdm_profile(profile)),
+            "machine": machine()}
+
+
+def refresh_prototype_side(folder: Path, profile: str) -> dict:
+    """Recompute and store the prototype-side mask vectors of an existing checkpoint folder; the weights,
+    prototypes and everything else in the folder stay as they are. Returns the card's new record."""
+    from dprotonet_core.checkpoint import MODEL_FILE, load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(folder)
+    vectors, seconds = prototype_side(ck, profile)
+    card = {k: v for k, v in ck.card.items()
+            if k not in ("format_version", "model_config", "tensors", "dtype", "software", "sha256")}
+    card["prototype_mdm"] = prototype_mdm_record(profile, seconds)
+    images = [ck.prototype_image(i) for i in range(len(ck.prototypes))]
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        staged = save_checkpoint(ck.model, Path(tmp) / "new", card, ck.prototypes, images, vectors,
+                                 dtype=ck.card.get("dtype", "float16"))
+        if (staged / MODEL_FILE).read_bytes() != (folder / MODEL_FILE).read_bytes():
+            raise RuntimeError(f"{folder}: re-saving changed the weights; refusing to replace them")
+        shutil.rmtree(folder / "prototypes")
+        shutil.move(str(staged / "prototypes"), str(folder / "prototypes"))
+        shutil.copyfile(staged / "card.json", folder / "card.json")
+    load_checkpoint(folder)  # verifies hashes and shapes of what was written
+    print(json.dumps({"checkpoint": str(folder), "prototype_mdm": card["prototype_mdm"]["seconds"]}), flush=True)
+    return card["prototype_mdm"]
+
+
+def sample_inputs(samples: Path) -> list[tuple[Path, str]]:
+    """(file, dataset) of every row of samples.csv."""
+    import csv
+
+    with open(samples / "samples.csv", newline="") as f:
+        return [(samples / row["file"], row["dataset"]) for row in csv.DictReader(f)]
+
+
+def store_sample_explanations(samples: Path, checkpoints: Path, profile: str = "paper") -> list[dict]:
+    """Run the query-side MDM on each bundled sample for the prototype the app explains first, exactly as
+    the app prepares the image (default DICOM window), and store the result under samples/explanations."""
+    from dprotonet_core import review
+    from dprotonet_core.checkpoint import load_checkpoint
+    from dprotonet_core.explain import mdm, store
+
+    out = samples / "explanations"
+    if out.is_dir():
+        shutil.rmtree(out)
+    cfg = mdm.profile(profile)
+    rows = []
+    loaded_checkpoints = {}
+    for path, dataset in sample_inputs(samples):
+        name = SAMPLE_CHECKPOINTS.get(dataset)
+        if name is None or not (checkpoints / name / "card.json").is_file():
+            continue
+        if name not in loaded_checkpoints:
+            loaded_checkpoints[name] = load_checkpoint(checkpoints / name)
+        ck = loaded_checkpoints[name]
+        x = review.default_model_input(ck, path.read_bytes())
+        prototype = review.default_prototype(review.predict(ck, x))
+        result = mdm.explain_query(ck.model, x[0], prototype, cfg)
+        store.save(out, x[0], ck.card["sha256"]["model.safetensors"], prototype, profile, cfg,
+                   result.result.vectors, result.node.mask_index, result.result.iterations, result.result.seconds,
+                   machine())
+        row = {"sample": path.name, "checkpoint": name, "prototype": prototype,
+               "seconds": round(result.result.seconds, 1), "max S": round(float(result.result.stack.sum(0).max()), 2)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
