@@ -6,7 +6,7 @@
   fidelity               fast vs batched paper over N images: Pearson r of S, top-20% IoU
   baselines              Grad-CAM and Score-CAM (pytorch_grad_cam) on the same model
 
-Model: --checkpoint DIR, else the first folder under assets/checkpoints/, else a stand-in of
+Model: --checkpoint DIR (images: its dataset's test split, --dataset / --data), else a stand-in of
 the shipped size (small_resnet, 224 px, random weights; --train-epochs N trains it on the
 synthetic blob images first, which gives masks with structure).
 --naive-iterations / --paper-iterations time fewer steps and scale to 800 (per-step cost is
@@ -35,6 +35,7 @@ import torch  # noqa: E402
 
 from dprotonet_core.config import MDM_PROFILES, MDMConfig, ModelConfig  # noqa: E402
 from dprotonet_core.data.synthetic import make_blob_images  # noqa: E402
+from dprotonet_core.evaluate.metrics import mask_agreement  # noqa: E402
 from dprotonet_core.explain.mdm import detection_node, explain_query, optimise_mask_vectors  # noqa: E402
 from dprotonet_core.model.dprotonet import DProtoNet  # noqa: E402
 
@@ -104,9 +105,6 @@ def machine_info(device: torch.device) -> str:
 
 def load_model(args) -> tuple[DProtoNet, str, list[torch.Tensor] | None, list]:
     folder = args.checkpoint
-    if folder is None:
-        found = sorted(p.parent for p in (REPO / "assets" / "checkpoints").glob("*/card.json"))
-        folder = found[0] if found else None
     if folder is not None:
         from dprotonet_core.checkpoint import load_checkpoint
 
@@ -146,14 +144,6 @@ def naive_protocol(model, x, x_pt, j_x, j_pt, target_q, target_p, cfg: MDMConfig
         optimise_mask_vectors(model, x_pt, j_pt, target_p, one)
 
 
-def fidelity(stack_ref: np.ndarray, stack: np.ndarray) -> tuple[float, float]:
-    """Pearson r of S = sum_i g(d_i), and IoU of the top-20% pixels of S."""
-    a, b = stack_ref.sum(0).ravel(), stack.sum(0).ravel()
-    r = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float(a.std() == b.std())
-    ta, tb = a >= np.quantile(a, 0.8), b >= np.quantile(b, 0.8)
-    return r, float((ta & tb).sum() / max(1, (ta | tb).sum()))
-
-
 def gradcam_times(model: DProtoNet, x: torch.Tensor, device: torch.device) -> dict[str, float]:
     """Seconds per image of Grad-CAM and Score-CAM (the project's baselines wrapper) on the same model."""
     from dprotonet_core.explain.baselines import saliency
@@ -171,6 +161,8 @@ def gradcam_times(model: DProtoNet, x: torch.Tensor, device: torch.device) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path)
+    ap.add_argument("--dataset", default="ichallenge-pm", help="the checkpoint's dataset (images for fidelity)")
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "palm-training400-224")
     ap.add_argument("--images", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 images, short timings")
     ap.add_argument("--threads", type=int, default=2)
@@ -197,7 +189,15 @@ def main() -> None:
                                                             "note": "bench/mdm.py stand-in"})
         model = model.to(device)
     size = model.config.input_size
-    images, labels, _ = make_blob_images(max(args.images, 2), size=size, seed=321)
+    if args.checkpoint is not None:
+        from mdm_eta import checkpoint_images
+
+        _, images, _, what_images = checkpoint_images(
+            argparse.Namespace(checkpoint=args.checkpoint, dataset=args.dataset, data=args.data,
+                               images=max(args.images, 2)), positives_only=False)
+        print(f"images: {what_images}")
+    else:
+        images, _, _ = make_blob_images(max(args.images, 2), size=size, seed=321)
     images = images.to(device)
     paper, fast = MDM_PROFILES["paper"], MDM_PROFILES["fast"]
     print(f"paper profile: {paper}")
@@ -249,7 +249,7 @@ def main() -> None:
         t_paper.append(t)
         for name, cfg in candidates.items():
             out, t, _ = timed(device, lambda i=i, cfg=cfg: explain_query(model, images[i], cfg=cfg))
-            r, iou = fidelity(ref.result.stack, out.result.stack)
+            r, iou = mask_agreement(ref.result.stack, out.result.stack)
             scores[name].append((r, iou, out.result.iterations, t))
     if candidates:
         print(f"\nfidelity vs batched paper ({args.paper_iterations} its) over {args.images} images "

@@ -289,3 +289,15 @@ def insertion(
 ) -> float:
     """I = AUC of the insertion curve (trapezoid; higher is better)."""
     return curve_auc(*insertion_curve(prob_fn, image, cam, target, step_fraction, sigma, kernel, batch_size))
+
+
+def mask_agreement(stack_a: np.ndarray, stack_b: np.ndarray, top_percent: float = 20.0) -> tuple[float, float]:
+    """How alike two MDM results are (issue 3's fidelity): Pearson r of S = sum_i g(d_i), and the IoU of
+    the top `top_percent` % pixels of each S. Two constant maps count as r = 1 when equal, else 0."""
+    a = np.asarray(stack_a, np.float64).sum(0).ravel()
+    b = np.asarray(stack_b, np.float64).sum(0).ravel()
+    if a.std() > 0 and b.std() > 0:
+        r = float(np.corrcoef(a, b)[0, 1])
+    else:
+        r = float(a.std() == b.std() and np.allclose(a, b))
+    return r, iou(binarize_top_percent(a, top_percent), binarize_top_percent(b, top_percent))

@@ -180,3 +180,17 @@ def test_explained_map_forms():
     np.testing.assert_allclose(M.explained_map(image, cam, 25, "multiply")[0].numpy(), cam, atol=1e-6)
     with pytest.raises(ValueError):
         M.explained_map(image, cam, 25, "other")
+
+
+def test_mask_agreement_pearson_and_top20_iou():
+    from dprotonet_core.evaluate.metrics import mask_agreement
+
+    ramp = np.arange(100, dtype=float).reshape(1, 10, 10)
+    assert mask_agreement(ramp, 3 * ramp + 1) == (pytest.approx(1.0), 1.0)  # same order, any scale
+    r, iou_20 = mask_agreement(ramp, -ramp)
+    assert r == pytest.approx(-1.0) and iou_20 == 0.0  # top 20% of one is the bottom of the other
+    # rolled by 10 pixels: its top 20 sit at positions 90..99 and 0..9, the ramp's at 80..99: IoU 10 / 30
+    assert mask_agreement(ramp, np.roll(ramp, 10))[1] == pytest.approx(1 / 3)
+    flat = np.ones((1, 10, 10))  # constant maps: no top region (strict threshold), r by equality
+    r, iou_flat = mask_agreement(flat, flat)
+    assert r == 1.0 and math.isnan(iou_flat) and mask_agreement(flat, 2 * flat)[0] == 0.0
