@@ -449,6 +449,7 @@ class Explanation:
     seconds: float
     stopped_by_time: bool = False
     precomputed: bool = False  # read from the samples' stored explanations (explain/store.py)
+    query_vectors: tuple[torch.Tensor, ...] = ()  # the D optimised d_i^x (what explain/store.py keeps)
 
     @property
     def depth(self) -> int:
@@ -552,6 +553,7 @@ def explain(
         iterations=int(result.result.iterations),
         seconds=float(result.result.seconds),
         stopped_by_time=bool(result.result.stopped_by_time),
+        query_vectors=tuple(result.result.vectors),
     )
 
 
@@ -610,6 +612,7 @@ def stored_explanation(checkpoint: Checkpoint, x: torch.Tensor, prototype: int, 
         iterations=found.iterations,
         seconds=found.seconds,
         precomputed=True,
+        query_vectors=tuple(found.vectors),
     )
 
 
@@ -788,7 +791,7 @@ def render_case(
         f"other follows (double-click resets). Heatmap: MDM, {explanation.depth} mask vectors, "
         f"{explanation.iterations} iterations ({MDM_PROFILES.get(explanation.profile, explanation.profile)})"
         + (
-            f"; this bundled sample's heatmap was computed when the demo was built ({explanation.seconds:.0f} s)."
+            "; this bundled sample's heatmap was computed when the demo was built."
             if explanation.precomputed
             else "."
         )
@@ -881,6 +884,7 @@ def report_dict(inputs: ReportInputs) -> dict[str, Any]:
             "iterations": ex.iterations,
             "seconds": round(ex.seconds, 3),
             "stopped_by_time_limit": ex.stopped_by_time,
+            "computed_when_the_demo_was_built": ex.precomputed,
             "mask_vectors": ex.depth,
         },
         "display": dataclasses.asdict(inputs.settings),

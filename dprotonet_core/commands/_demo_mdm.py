@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 # samples.csv's dataset column -> the bundled checkpoint that reads such images
-SAMPLE_CHECKPOINTS = {"ichallenge-pm": "ichallenge-pm", "rsna": "rsna-pneumonia"}
+SAMPLE_CHECKPOINTS = {"ichallenge-pm": "ichallenge-pm", "rsna-pneumonia": "rsna-pneumonia"}
 
 
 def machine() -> str:
@@ -51,7 +51,9 @@ def prototype_mdm_record(profile: str, seconds: float) -> dict:
 def refresh_prototype_side(folder: Path, profile: str) -> dict:
     """Recompute and store the prototype-side mask vectors of an existing checkpoint folder; the weights,
     prototypes and everything else in the folder stay as they are. Returns the card's new record."""
-    from dprotonet_core.checkpoint import MODEL_FILE, load_checkpoint, save_checkpoint
+    from safetensors.torch import load_file
+
+    from dprotonet_core.checkpoint import CARD_FILE, MODEL_FILE, load_checkpoint, save_checkpoint, sha256_file
 
     ck = load_checkpoint(folder)
     vectors, seconds = prototype_side(ck, profile)
@@ -62,11 +64,17 @@ def refresh_prototype_side(folder: Path, profile: str) -> dict:
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         staged = save_checkpoint(ck.model, Path(tmp) / "new", card, ck.prototypes, images, vectors,
                                  dtype=ck.card.get("dtype", "float16"))
-        if (staged / MODEL_FILE).read_bytes() != (folder / MODEL_FILE).read_bytes():
+        before, after = load_file(str(folder / MODEL_FILE)), load_file(str(staged / MODEL_FILE))
+        if before.keys() != after.keys() or any(
+            before[k].dtype != after[k].dtype or not torch.equal(before[k], after[k]) for k in before
+        ):
             raise RuntimeError(f"{folder}: re-saving changed the weights; refusing to replace them")
+        # the weights file itself stays byte for byte (its hash keys caches and stored explanations)
+        full = json.loads((staged / CARD_FILE).read_text())
+        full["sha256"][MODEL_FILE] = sha256_file(folder / MODEL_FILE)
         shutil.rmtree(folder / "prototypes")
         shutil.move(str(staged / "prototypes"), str(folder / "prototypes"))
-        shutil.copyfile(staged / "card.json", folder / "card.json")
+        (folder / CARD_FILE).write_text(json.dumps(full, indent=2))
     load_checkpoint(folder)  # verifies hashes and shapes of what was written
     print(json.dumps({"checkpoint": str(folder), "prototype_mdm": card["prototype_mdm"]["seconds"]}), flush=True)
     return card["prototype_mdm"]
@@ -102,12 +110,12 @@ def store_sample_explanations(samples: Path, checkpoints: Path, profile: str = "
         ck = loaded_checkpoints[name]
         x = review.default_model_input(ck, path.read_bytes())
         prototype = review.default_prototype(review.predict(ck, x))
-        result = mdm.explain_query(ck.model, x[0], prototype, cfg)
+        explained = review.explain(ck, x, prototype, profile, time_limit_s=float("inf"))  # exactly the app's run
         store.save(out, x[0], ck.card["sha256"]["model.safetensors"], prototype, profile, cfg,
-                   result.result.vectors, result.node.mask_index, result.result.iterations, result.result.seconds,
-                   machine())
+                   list(explained.query_vectors),
+                   explained.mask_index, explained.iterations, explained.seconds, machine())
         row = {"sample": path.name, "checkpoint": name, "prototype": prototype,
-               "seconds": round(result.result.seconds, 1), "max S": round(float(result.result.stack.sum(0).max()), 2)}
+               "seconds": round(explained.seconds, 1), "max S": round(float(explained.query_stack.sum(0).max()), 2)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows

@@ -167,3 +167,27 @@ def test_no_valid_checkpoint_keeps_app_working(monkeypatch, tmp_path):
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception
     assert any("No usable checkpoint" in w.value for w in at.sidebar.warning)
+
+
+@pytest.mark.parametrize("name", ["ichallenge-pm", "rsna-pneumonia"])
+def test_bundled_sample_shows_its_paper_explanation_at_once(name, monkeypatch, tmp_path):
+    """The demo path of `make run`: a bundled checkpoint and one of its samples give the prediction and both
+    heatmaps from the explanation stored when the demo was built: no MDM optimisation runs (issue 7)."""
+    monkeypatch.setenv("DPROTONET_BUNDLED", "1")
+    monkeypatch.setenv("DPROTONET_MODELS_DIR", str(tmp_path / "no-models"))
+    monkeypatch.delenv("DPROTONET_SAMPLES_DIR", raising=False)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    at.sidebar.selectbox(key="checkpoint_picker").set_value(str(REPO / "assets" / "checkpoints" / name))
+    at.run()
+    assert not at.exception, at.exception
+    dataset = f"({name}"
+    index = next(i for i, label in enumerate(at.selectbox(key="sample").options) if dataset in label)
+    counter = ModelCallCounter(monkeypatch)
+    at.selectbox(key="sample").select_index(index)
+    at.run()
+    assert not at.exception, at.exception
+    assert any(str(s.value).startswith("Prediction:") for s in at.subheader)
+    assert len(_image_traces(at)) == 2
+    assert counter.calls <= 2, f"{counter.calls} network calls: the stored explanation was not used"
+    assert "computed when the demo was built" in _texts(at)
