@@ -77,6 +77,8 @@ MDM_PROFILES: dict[str, str] = {
 }
 
 
+PROFILE_SHORT_NAMES = {"paper": "paper protocol", "fast": "fast preview (approximate)"}
+
 TORCH_THREADS_ENV = "DPROTONET_TORCH_THREADS"
 
 
@@ -789,7 +791,7 @@ def render_case(
     caption = (
         f"Both images are shown square, as the model sees them ({size} x {size} input); zoom or pan one and the "
         f"other follows (double-click resets). Heatmap: MDM, {explanation.depth} mask vectors, "
-        f"{explanation.iterations} iterations ({MDM_PROFILES.get(explanation.profile, explanation.profile)})"
+        f"{explanation.iterations} iterations, {PROFILE_SHORT_NAMES.get(explanation.profile, explanation.profile)}"
         + (
             "; this bundled sample's heatmap was computed when the demo was built."
             if explanation.precomputed
