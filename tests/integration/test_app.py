@@ -177,14 +177,16 @@ def test_bundled_sample_shows_its_paper_explanation_at_once(name, monkeypatch, t
     monkeypatch.setenv("DPROTONET_MODELS_DIR", str(tmp_path / "no-models"))
     monkeypatch.delenv("DPROTONET_SAMPLES_DIR", raising=False)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    at.sidebar.selectbox(key="checkpoint_picker").set_value(str(REPO / "assets" / "checkpoints" / name))
+    at.session_state["checkpoint_path"] = str(REPO / "assets" / "checkpoints" / name)  # as the picker stores it
     at.run()
     assert not at.exception, at.exception
-    dataset = f"({name}"
-    index = next(i for i, label in enumerate(at.selectbox(key="sample").options) if dataset in label)
+    assert at.sidebar.selectbox(key="checkpoint_picker").value.endswith(name)
+    from dprotonet_core import review
+
+    sample = next(s for s in review.list_samples() if s.dataset == name)
+    assert sample.title in at.selectbox(key="sample").options
     counter = ModelCallCounter(monkeypatch)
-    at.selectbox(key="sample").select_index(index)
+    at.selectbox(key="sample").set_value(sample)
     at.run()
     assert not at.exception, at.exception
     assert any(str(s.value).startswith("Prediction:") for s in at.subheader)
