@@ -48,8 +48,20 @@ def settings_json(cfg: MDMConfig) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-def file_name(x: torch.Tensor, model_sha256: str, prototype: int, profile: str) -> str:
-    return f"{input_digest(x)[:20]}-{model_sha256[:16]}-p{int(prototype)}-{profile}{SUFFIX}"
+def _identity(x: torch.Tensor, model_sha256: str, prototype: int, profile: str, cfg: MDMConfig) -> dict[str, str]:
+    """Everything a stored result depends on, as its metadata strings (written by save, checked by load)."""
+    return {
+        "input_sha256": input_digest(x),
+        "model_sha256": model_sha256,
+        "prototype": str(int(prototype)),
+        "profile": profile,
+        "mdm_config": settings_json(cfg),
+    }
+
+
+def _file_name(identity: dict[str, str]) -> str:
+    return (f"{identity['input_sha256'][:20]}-{identity['model_sha256'][:16]}-p{identity['prototype']}-"
+            f"{identity['profile']}{SUFFIX}")
 
 
 def save(
@@ -67,14 +79,11 @@ def save(
 ) -> Path:
     """Write one stored explanation; returns its path."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / file_name(x, model_sha256, prototype, profile)
+    identity = _identity(x, model_sha256, prototype, profile, cfg)
+    path = folder / _file_name(identity)
     tensors = {f"d{i + 1}": v.detach().float().cpu().contiguous() for i, v in enumerate(vectors)}
     meta = {
-        "input_sha256": input_digest(x),
-        "model_sha256": model_sha256,
-        "prototype": str(int(prototype)),
-        "profile": profile,
-        "mdm_config": settings_json(cfg),
+        **identity,
         "mask_index": str(int(mask_index)),
         "iterations": str(int(iterations)),
         "seconds": f"{seconds:.1f}",
@@ -88,7 +97,8 @@ def load(
     folder: Path, x: torch.Tensor, model_sha256: str, prototype: int, profile: str, cfg: MDMConfig
 ) -> StoredExplanation | None:
     """The stored explanation for exactly these inputs, or None (then compute it)."""
-    path = Path(folder) / file_name(x, model_sha256, prototype, profile)
+    expected = _identity(x, model_sha256, prototype, profile, cfg)
+    path = Path(folder) / _file_name(expected)
     if not path.is_file():
         return None
     try:
@@ -98,13 +108,6 @@ def load(
             vectors = [f.get_tensor(k) for k in names]
     except Exception:  # a damaged file is ignored: the explanation is computed instead
         return None
-    expected = {
-        "input_sha256": input_digest(x),
-        "model_sha256": model_sha256,
-        "prototype": str(int(prototype)),
-        "profile": profile,
-        "mdm_config": settings_json(cfg),
-    }
     if any(meta.get(k) != v for k, v in expected.items()) or len(vectors) != cfg.num_vectors:
         return None
     sizes = [(cfg.base_size + i, cfg.base_size + i) for i in range(1, cfg.num_vectors + 1)]
