@@ -22,8 +22,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -35,13 +33,13 @@ from PIL import Image
 
 from dprotonet_core import review
 from tests.app_support import TINY_NAME, make_tiny_checkpoint
-from tests.browser.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _pane_images, _wait_healthy
+from tests.browser.test_browser import _pane_images
 from tests.conftest import REPO
+from tests.server_support import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 SESSIONS = 8
-STARTUP_TIMEOUT_S = 90
 RESULT_TIMEOUT_MS = 240_000
 TEST_TIMEOUT_S = 540
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -131,28 +129,14 @@ def models(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(models, tmp_path_factory):
-    port = _free_port()
     log = tmp_path_factory.mktemp("server") / "stderr.txt"
     env = {**os.environ, "DPROTONET_MODELS_DIR": str(models),
            "DPROTONET_SAMPLES_DIR": str(tmp_path_factory.mktemp("no-samples")),
            "OMP_NUM_THREADS": "1", "DPROTONET_TORCH_THREADS": "1", "DPROTONET_BUNDLED": "0"}
-    with open(log, "wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, str(MDM_TEST_ITERATIONS), "run", "app.py", "--server.address", "127.0.0.1",
-             "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, process, STARTUP_TIMEOUT_S)
+    with open(log, "wb") as stderr, streamlit_server(
+        env, stderr=stderr, launcher=("-c", LAUNCHER, str(MDM_TEST_ITERATIONS))
+    ) as (url, process):
         yield url, process, log
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def _choose_tiny_checkpoint(page) -> None:
