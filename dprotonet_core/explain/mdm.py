@@ -254,7 +254,7 @@ def frozen(model: nn.Module, channels_last: bool = False) -> Iterator[nn.Module]
 
 def _make_optimizer(params: list[torch.Tensor], cfg: MDMConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr)
     raise ValueError(f"unknown optimiser {cfg.optimizer!r}; choose adam or sgd")
