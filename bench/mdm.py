@@ -33,7 +33,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dprotonet_core.config import MDM_PROFILES, MDMConfig, ModelConfig  # noqa: E402
+from dprotonet_core.config import MDM_PROFILES, MDMConfig, ModelConfig, time_compressed  # noqa: E402
 from dprotonet_core.data.synthetic import make_blob_images  # noqa: E402
 from dprotonet_core.evaluate.metrics import mask_agreement  # noqa: E402
 from dprotonet_core.explain.mdm import detection_node, explain_query, optimise_mask_vectors  # noqa: E402
@@ -236,9 +236,12 @@ def main() -> None:
 
     # --- fidelity: fast vs batched paper --------------------------------------------------
     candidates = {"fast": fast}
-    if args.sweep:
-        for its, lr in ((40, 0.1), (60, 0.1), (100, 0.05)):
-            candidates[f"cos lr{lr} {its}its"] = MDMConfig(iterations=its, lr=lr, lr_schedule="cosine", lr_min=lr / 20)
+    if args.sweep:  # other compressions of the paper's path, and 8x fewer steps with torch's betas
+        for k in (10, 16):
+            candidates[f"compressed {k}x"] = time_compressed(paper, k)
+        candidates["8x, torch betas"] = dataclasses.replace(time_compressed(paper, 8), betas=paper.betas)
+        candidates["old fast (cosine)"] = MDMConfig(iterations=80, lr=0.1, lr_schedule="cosine", lr_min=0.005,
+                                                    tol=1e-3, patience=10)
     if args.images == 0:
         print("\nfidelity skipped (--images 0)")
         candidates = {}
