@@ -13,6 +13,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -88,18 +89,20 @@ def sample_inputs(samples: Path) -> list[tuple[Path, str]]:
         return [(samples / row["file"], row["dataset"]) for row in csv.DictReader(f)]
 
 
-def store_sample_explanations(samples: Path, checkpoints: Path, profile: str = "paper") -> list[dict]:
-    """Run the query-side MDM on each bundled sample for the prototype the app explains first, exactly as
-    the app prepares the image (default DICOM window), and store the result under samples/explanations."""
+def store_sample_explanations(
+    samples: Path, checkpoints: Path, profiles: Sequence[str] = ("paper", "fast")
+) -> list[dict]:
+    """Run the query-side MDM (each profile named) on each bundled sample for the prototype the app explains
+    first, exactly as the app prepares the image (default DICOM window); store them under samples/explanations.
+    A result already stored for exactly the same inputs and settings is kept, not recomputed; stored files
+    that no sample needs any more are removed."""
     from dprotonet_core import review
     from dprotonet_core.checkpoint import load_checkpoint
     from dprotonet_core.explain import mdm, store
 
     out = samples / "explanations"
-    if out.is_dir():
-        shutil.rmtree(out)
-    cfg = mdm.profile(profile)
-    rows = []
+    out.mkdir(parents=True, exist_ok=True)
+    rows, needed = [], set()
     loaded_checkpoints = {}
     for path, dataset in sample_inputs(samples):
         name = SAMPLE_CHECKPOINTS.get(dataset)
@@ -108,14 +111,24 @@ def store_sample_explanations(samples: Path, checkpoints: Path, profile: str = "
         if name not in loaded_checkpoints:
             loaded_checkpoints[name] = load_checkpoint(checkpoints / name)
         ck = loaded_checkpoints[name]
+        sha = ck.card["sha256"]["model.safetensors"]
         x = review.default_model_input(ck, path.read_bytes())
         prototype = review.default_prototype(review.predict(ck, x))
-        explained = review.explain(ck, x, prototype, profile, time_limit_s=float("inf"))  # exactly the app's run
-        store.save(out, x[0], ck.card["sha256"]["model.safetensors"], prototype, profile, cfg,
-                   list(explained.query_vectors),
-                   explained.mask_index, explained.iterations, explained.seconds, machine())
-        row = {"sample": path.name, "checkpoint": name, "prototype": prototype,
-               "seconds": round(explained.seconds, 1), "max S": round(float(explained.query_stack.sum(0).max()), 2)}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        for profile in profiles:
+            cfg = mdm.profile(profile)
+            needed.add(store.path_for(out, x[0], sha, prototype, profile, cfg).name)
+            row = {"sample": path.name, "checkpoint": name, "prototype": prototype, "profile": profile}
+            if store.load(out, x[0], sha, prototype, profile, cfg) is not None:
+                row["kept"] = True
+            else:
+                explained = review.explain(ck, x, prototype, profile, time_limit_s=float("inf"))  # the app's run
+                store.save(out, x[0], sha, prototype, profile, cfg, list(explained.query_vectors),
+                           explained.mask_index, explained.iterations, explained.seconds, machine())
+                row.update(seconds=round(explained.seconds, 1),
+                           max_S=round(float(explained.query_stack.sum(0).max()), 2))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    for stale in out.glob(f"*{store.SUFFIX}"):
+        if stale.name not in needed:
+            stale.unlink()
     return rows

@@ -81,7 +81,8 @@ def register(subparsers) -> None:
     p.add_argument("--input-size", type=int, help="override the input size of both plans (smoke runs)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--mdm-profile", default="fast", help="MDM profile for the stored prototype side")
-    p.add_argument("--sample-profile", default="paper", help="MDM profile for the samples' stored explanations")
+    p.add_argument("--sample-profiles", nargs="+", default=["paper", "fast"],
+                   help="MDM profiles of the samples' stored explanations")
     p.set_defaults(func=run)
 
 
@@ -272,6 +273,6 @@ def run(args: argparse.Namespace) -> int:
             if (args.out / name / "card.json").is_file():
                 refresh_prototype_side(args.out / name, args.mdm_profile)
     if args.only in (None, "samples", "sample-explanations"):
-        store_sample_explanations(args.samples, args.out, args.sample_profile)
+        store_sample_explanations(args.samples, args.out, args.sample_profiles)
     print(f"make-demo finished in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0

@@ -93,6 +93,11 @@ def save(
     return path
 
 
+def path_for(folder: Path, x: torch.Tensor, model_sha256: str, prototype: int, profile: str, cfg: MDMConfig) -> Path:
+    """Where the explanation for these inputs is (or would be) stored."""
+    return Path(folder) / _file_name(_identity(x, model_sha256, prototype, profile, cfg))
+
+
 def load(
     folder: Path, x: torch.Tensor, model_sha256: str, prototype: int, profile: str, cfg: MDMConfig
 ) -> StoredExplanation | None:

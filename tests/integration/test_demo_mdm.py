@@ -47,9 +47,15 @@ def test_sample_explanations_are_stored_and_found_by_the_app(tmp_path, monkeypat
     palm = sorted(PALM_DIR.glob("*.jpg"))[:1]
     samples = make_samples_dir(tmp_path / "samples", [(palm[0], "PM", "ichallenge-pm")])
     shutil.copy(palm[0], samples / "unlisted.jpg")  # a file not listed in samples.csv: not explained
-    rows = _demo_mdm.store_sample_explanations(samples, checkpoints, profile="fast")
-    assert [r["sample"] for r in rows] == [palm[0].name]
-    assert len(list((samples / "explanations").glob("*.safetensors"))) == 1
+    (samples / "explanations").mkdir()
+    (samples / "explanations" / "stale.safetensors").write_bytes(b"no sample needs this")
+    rows = _demo_mdm.store_sample_explanations(samples, checkpoints, profiles=("fast",))
+    assert [r["sample"] for r in rows] == [palm[0].name] and "kept" not in rows[0]
+    stored = list((samples / "explanations").glob("*.safetensors"))
+    assert len(stored) == 1 and stored[0].name != "stale.safetensors"
+    before = stored[0].read_bytes()
+    again = _demo_mdm.store_sample_explanations(samples, checkpoints, profiles=("fast",))
+    assert again[0].get("kept") and stored[0].read_bytes() == before  # same inputs: kept, not recomputed
 
     monkeypatch.setenv(review.SAMPLES_DIR_ENV, str(samples))
     checkpoint = review.load_model(checkpoints / "ichallenge-pm")

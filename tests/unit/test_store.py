@@ -73,10 +73,11 @@ def test_the_app_shows_a_stored_sample_explanation_without_a_model_call(tmp_path
     assert counter.calls > 0 and not fresh.precomputed
 
 
+@pytest.mark.parametrize("profile", ["paper", "fast"])
 @pytest.mark.parametrize("name", ["ichallenge-pm", "rsna-pneumonia"])
-def test_bundled_samples_have_their_stored_paper_explanations(name):
-    """make-demo stored each bundled sample's paper-protocol explanation; the app must find it again
-    (same decoding, same window, same pixels, same model file, same MDM settings)."""
+def test_bundled_samples_have_their_stored_explanations(name, profile):
+    """make-demo stored each bundled sample's explanation under both MDM profiles; the app must find it
+    again (same decoding, same window, same pixels, same model file, same MDM settings)."""
     from dprotonet_core.commands._demo_mdm import SAMPLE_CHECKPOINTS, sample_inputs
 
     checkpoint = review.load_model(review.ASSETS / "checkpoints" / name)
@@ -85,6 +86,6 @@ def test_bundled_samples_have_their_stored_paper_explanations(name):
     for path in rows:
         x = review.default_model_input(checkpoint, path.read_bytes())
         prototype = review.default_prototype(review.predict(checkpoint, x))
-        found = review.stored_explanation(checkpoint, x, prototype, "paper")
-        assert found is not None, f"{path.name}: no stored explanation matches"
-        assert found.precomputed and found.iterations == mdm.profile("paper").iterations
+        found = review.stored_explanation(checkpoint, x, prototype, profile)
+        assert found is not None, f"{path.name}: no stored {profile} explanation matches"
+        assert found.precomputed and found.iterations == mdm.profile(profile).iterations
