@@ -11,7 +11,7 @@ afterwards. Printed: wall time from the first upload to the last complete result
 Bounded: 127.0.0.1 only, 8 sessions, one upload and one report download each, every wait has a timeout.
 
 Speed (CI on 2 shared cores): the server is the real `streamlit run` CLI, started through a short launcher
-that first cuts both MDM profiles (the app's default paper protocol and the fast preview) to
+that first cuts both MDM profiles (the app's default paper protocol and the fast profile) to
 MDM_TEST_ITERATIONS iterations; DPROTONET_BUNDLED=0 hides the bundled demo checkpoints so every session starts on
 the tiny test checkpoint; the single-session reference uses the same profiles. What is tested is that sessions
 stay apart under concurrency, not the heatmap's quality.
