@@ -74,9 +74,9 @@ VIEWS: dict[str, str] = {"heatmap": "Heatmap", "binary": "Binary mask", "outline
 COLORMAPS = ("jet", "turbo", "viridis", "inferno", "gray")
 # The paper protocol is the default (config.DEFAULT_MDM_PROFILE). "fast" is the same Adam path in 8x fewer,
 # longer steps (config.time_compressed). bench/mdm.py on the bundled RSNA checkpoint (20 test images): median r
-# of S 0.97 to the paper protocol, but top-20% IoU 0.79 (issue 3 asks 0.85) and ~10 s per image on 2 threads
-# (the bar is under 10 s; iChallenge-PM takes ~20 s): close to the paper's maps, not the same, so it stays a
-# labelled option one click away.
+# of S 0.97 to the paper protocol, but top-20% IoU 0.79 (issue 3 asks 0.85; iChallenge-PM, 6 images: 0.99 /
+# 0.89) and ~10 s per image on 2 threads (the bar is under 10 s; iChallenge-PM takes ~19 s): close to the
+# paper's maps, not the same, so it stays a labelled option one click away.
 MDM_PROFILES: dict[str, str] = {
     "paper": "Paper protocol (800 iterations; minutes on a CPU)",
     "fast": "Fast (the paper's optimisation in 8x fewer steps; close to it, not identical)",
