@@ -81,7 +81,7 @@ with st.sidebar:
         st.warning(notice)
     st.header("Explanation")
     profile = st.selectbox("MDM detail", list(review.MDM_PROFILES), format_func=review.MDM_PROFILES.get,
-                           key="mdm_profile")
+                           key="mdm_profile", help=review.MDM_PROFILE_HELP)
 
 shown = review.apply_window(loaded, window)
 key = review.image_key(data_hash, window)
