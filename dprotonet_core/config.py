@@ -180,9 +180,9 @@ def time_compressed(cfg: MDMConfig, k: int) -> MDMConfig:
 # protocol: Pearson r of S median 0.974 (worst 0.889), top-20% IoU median 0.794 (worst 0.570). On 8 other
 # test images of the same split (medians, r / IoU): this profile 0.990 / 0.871; 8x fewer steps keeping torch's
 # betas 0.966 / 0.658; 16x compression 0.980 / 0.797; the previous fast profile (lr 0.1 with a cosine decay,
-# 80 steps, early stop) 0.949 / 0.537. `bench/mdm.py --sweep` prints the same comparison. On the bundled
-# iChallenge-PM checkpoint (6 PALM test images): 19.1 s per query, 24.7x faster than naive; r 0.993 (worst
-# 0.939), IoU 0.888 (worst 0.694).
+# 80 steps, early stop) 0.949 / 0.537; other compressions 4x 0.994 / 0.916, 6x 0.991 / 0.898, 10x 0.988 / 0.855.
+# `bench/mdm.py --sweep` prints such a comparison. On the bundled iChallenge-PM checkpoint (6 PALM test
+# images): 19.1 s per query, 24.7x faster than naive; r 0.993 (worst 0.939), IoU 0.888 (worst 0.694).
 FAST_MDM = time_compressed(PAPER_MDM, 8)
 MDM_PROFILES: dict[str, MDMConfig] = {"paper": PAPER_MDM, "fast": FAST_MDM}
 # Issue 3's targets are not all met (RSNA IoU 0.79 < 0.85; 10.1 s on RSNA and 19.1 s on iChallenge-PM, not
