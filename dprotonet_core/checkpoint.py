@@ -40,6 +40,12 @@ _MASK_KEY = "feature_masks"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib", ".npz")
 
 
+def model_digest(card: dict) -> str:
+    """The sha256 of the weights file as a checkpoint's card records it ("" when it has none): the model's
+    identity for caches and the samples' stored explanations."""
+    return card.get("sha256", {}).get(MODEL_FILE, "")
+
+
 class CheckpointError(Exception):
     """A checkpoint folder that cannot be trusted; the message names the file and the problem."""
 

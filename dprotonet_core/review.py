@@ -35,7 +35,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from dprotonet_core import inference
-from dprotonet_core.checkpoint import Checkpoint, CheckpointError, find_checkpoints, load_checkpoint
+from dprotonet_core.checkpoint import Checkpoint, CheckpointError, find_checkpoints, load_checkpoint, model_digest
 from dprotonet_core.config import DEFAULT_MDM_PROFILE, OverlayConfig
 from dprotonet_core.data import io as image_io
 from dprotonet_core.data.io import ImageReadError, LoadedImage, Window
@@ -72,11 +72,8 @@ SYNTHETIC_WARNING = (
 View = Literal["heatmap", "binary", "outline"]
 VIEWS: dict[str, str] = {"heatmap": "Heatmap", "binary": "Binary mask", "outline": "Outline + box"}
 COLORMAPS = ("jet", "turbo", "viridis", "inferno", "gray")
-# The paper protocol is the default (config.DEFAULT_MDM_PROFILE). "fast" is the same Adam path in 8x fewer,
-# longer steps (config.time_compressed). bench/mdm.py on the bundled RSNA checkpoint (20 test images): median r
-# of S 0.97 to the paper protocol, but top-20% IoU 0.79 (issue 3 asks 0.85; iChallenge-PM, 6 images: 0.99 /
-# 0.89) and ~10 s per image on 2 threads (the bar is under 10 s; iChallenge-PM takes ~19 s): close to the
-# paper's maps, not the same, so it stays a labelled option one click away.
+# The paper protocol is the default (config.DEFAULT_MDM_PROFILE); "fast" (config.time_compressed) is close to it
+# but not the same, and short of issue 3's bars for a default: the figures are in config.py next to FAST_MDM.
 MDM_PROFILES: dict[str, str] = {"paper": "Paper protocol (800 steps)", "fast": "Fast (8x fewer steps)"}
 MDM_PROFILE_HELP = (
     "Paper protocol: the paper's 800 optimisation steps; for an upload this takes minutes on a CPU. "
@@ -211,7 +208,7 @@ def checkpoint_summary(card: dict) -> dict[str, Any]:
 
 def checkpoint_id(checkpoint: Checkpoint) -> str:
     """A stable id for cache keys: the sha256 of the model file (from the verified card)."""
-    digest = checkpoint.card.get("sha256", {}).get("model.safetensors", "")
+    digest = model_digest(checkpoint.card)
     return digest[:16] or str(checkpoint.path)
 
 
@@ -606,7 +603,7 @@ def stored_explanation(checkpoint: Checkpoint, x: torch.Tensor, prototype: int, 
     """A sample's explanation computed when the demo was built, if it matches exactly (explain/store.py)."""
     from dprotonet_core.explain import mdm, store
 
-    digest = checkpoint.card.get("sha256", {}).get("model.safetensors", "")
+    digest = model_digest(checkpoint.card)
     if not digest or profile not in MDM_PROFILES:
         return None
     found = store.load(stored_explanations_dir(), x[0], digest, prototype, profile, mdm.profile(profile))

@@ -97,7 +97,7 @@ def store_sample_explanations(
     A result already stored for exactly the same inputs and settings is kept, not recomputed; stored files
     that no sample needs any more are removed."""
     from dprotonet_core import review
-    from dprotonet_core.checkpoint import load_checkpoint
+    from dprotonet_core.checkpoint import load_checkpoint, model_digest
     from dprotonet_core.explain import mdm, store
 
     out = samples / "explanations"
@@ -111,7 +111,7 @@ def store_sample_explanations(
         if name not in loaded_checkpoints:
             loaded_checkpoints[name] = load_checkpoint(checkpoints / name)
         ck = loaded_checkpoints[name]
-        sha = ck.card["sha256"]["model.safetensors"]
+        sha = model_digest(ck.card)
         x = review.default_model_input(ck, path.read_bytes())
         prototype = review.default_prototype(review.predict(ck, x))
         for profile in profiles:
