@@ -33,9 +33,15 @@ test: install-dev system-deps
 lint: install-dev
 	$(PY) -m ruff check .
 
-# Rebuilds both bundled demo checkpoints from scratch (long: see assets/checkpoints/README.md).
+# Rebuilds both bundled demo checkpoints from scratch, then measures and attaches their evaluation reports
+# (long: see assets/checkpoints/README.md).
+PALM_DATA ?= ../shared/data/palm-training400-224
+EVAL := $(PY) -m dprotonet_core evaluate --split test --limit 4 --attach --no-progress
 checkpoints: install
-	$(PY) -m dprotonet_core make-demo --out assets/checkpoints
+	$(PY) -m dprotonet_core make-demo --out assets/checkpoints --palm $(PALM_DATA)
+	$(EVAL) --checkpoint assets/checkpoints/rsna-pneumonia --dataset rsna --data runs/synthetic-rsna --out runs/eval-rsna
+	$(EVAL) --checkpoint assets/checkpoints/ichallenge-pm --dataset ichallenge-pm --data $(PALM_DATA) \
+		--out runs/eval-palm
 
 bench: install-dev
 	$(PY) bench/mdm.py

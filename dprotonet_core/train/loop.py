@@ -77,6 +77,7 @@ class TrainResult:
     history: list[dict]
     baseline_val_accuracy: float | None = None
     card: dict = field(default_factory=dict)
+    baseline_model: torch.nn.Module | None = None  # the Table 3 classifier at its selected epoch, if trained
 
 
 # ------------------------------------------------------------------------------ environment
@@ -429,16 +430,16 @@ def _finish(run: _Run, out: Path, history: list[dict], best: dict | None, projec
         fp16_acc = accuracy(_fp16_round_trip(model), run.val, cfg.batch_size, run.device)
         metrics.update({"val_accuracy_fp32": val_acc, "val_accuracy_fp16": fp16_acc,
                         "fp16_accuracy_change": None if val_acc is None else fp16_acc - val_acc})
-    baseline = None
+    baseline = baseline_net = None
     if opts.baseline:
-        baseline = train_baseline(run)
+        baseline, baseline_net = train_baseline(run)
         metrics.update({f"baseline_{k}": v for k, v in baseline.items()})
     epoch_seconds = [h["seconds"] for h in history if h["phase"] != "push"]
     card = _card(run, metrics, history, epoch_seconds)
     save_checkpoint(model, out, card, chosen.prototypes, [chosen.prototype_image(i) for i in
                                                            range(len(chosen.prototypes))], dtype=opts.dtype)
     return TrainResult(out, val_acc or 0.0, best or {}, history,
-                       baseline["val_accuracy"] if baseline else None, card)
+                       baseline["val_accuracy"] if baseline else None, card, baseline_net)
 
 
 def _card(run: _Run, metrics: dict, history: list[dict], epoch_seconds: list[float]) -> dict:
@@ -482,10 +483,11 @@ def _card(run: _Run, metrics: dict, history: list[dict], epoch_seconds: list[flo
 # ------------------------------------------------------------------------------ Table 3 baseline
 
 
-def train_baseline(run: _Run, log: Callable[[dict], None] | None = None) -> dict:
+def train_baseline(run: _Run, log: Callable[[dict], None] | None = None) -> tuple[dict, torch.nn.Module]:
     """The backbone-only classifier (f_b, GAP, linear) on the same split, augmentation and number of
     epochs; Adam with f_b at DProtoNet's backbone rate and the linear layer at lr_shaping. Returns
-    {"val_accuracy", "epoch", "seconds_per_epoch"} of its best validation epoch."""
+    {"val_accuracy", "epoch", "seconds_per_epoch"} of its best validation epoch, and the classifier with
+    that epoch's weights (selected on validation, like DProtoNet's, so the two can be compared on a test set)."""
     cfg = run.cfg
     torch.manual_seed(cfg.seed)
     net = BackboneClassifier(run.model_config, run.opt.backbone_weights).to(run.device)
@@ -518,5 +520,8 @@ def train_baseline(run: _Run, log: Callable[[dict], None] | None = None) -> dict
             log(entry)
         if best["val_accuracy"] is None or (acc or 0.0) > best["val_accuracy"]:
             best = {"val_accuracy": acc, "epoch": epoch + 1}
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     best["seconds_per_epoch"] = sum(seconds) / max(len(seconds), 1)
-    return best
+    if cfg.epochs:
+        net.load_state_dict(best_state)
+    return best, net.eval()
