@@ -1148,6 +1148,44 @@ def card_sections(card: dict) -> list[tuple[str, dict[str, Any]]]:
     return sections
 
 
+def _percent(value: Any) -> str | None:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def performance_rows(card: dict) -> list[dict[str, str]]:
+    """The card's measured figures as readable rows (Measure, Value, Measured on), most important first:
+    held-out test, the backbone-only baseline on the same images (Table 3), single- vs multi-image
+    projection (Table 4), validation, fp16. Figures a card does not have are left out."""
+    m = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
+    n_test, n_val = m.get("test_images"), m.get("val_images")
+    test_on = f"held-out test split ({n_test} images, never used for training or selection)" if n_test else \
+        "held-out test split"
+    val_on = f"validation split ({n_val} images, used to select the epoch)" if n_val else "validation split"
+    rows: list[dict[str, str]] = []
+
+    def add(measure: str, value: Any, on: str, fmt=_percent) -> None:
+        text = fmt(value)
+        if text is not None:
+            rows.append({"Measure": measure, "Value": text, "Measured on": on})
+
+    add("Accuracy", m.get("test_accuracy"), test_on)
+    add("Sensitivity (recall of the positive class)", m.get("test_sensitivity"), test_on)
+    add("Specificity", m.get("test_specificity"), test_on)
+    add("Backbone-only classifier, accuracy (Table 3)", m.get("baseline_test_accuracy"),
+        test_on + "; same backbone, split and epochs, no prototypes")
+    table4 = m.get("table4_test_accuracy") if isinstance(m.get("table4_test_accuracy"), dict) else {}
+    for key, value in sorted(table4.items(), key=lambda kv: int(str(kv[0]).split("=")[-1] or 0)):
+        r = str(key).split("=")[-1]
+        kind = "single-image" if r == "1" else "multi-image"
+        add(f"Accuracy after {kind} projection, R = {r} (Table 4)", value, test_on)
+    add("Accuracy", m.get("val_accuracy"), val_on)
+    add("Backbone-only classifier, accuracy (Table 3)", m.get("baseline_val_accuracy"), val_on)
+    change = m.get("fp16_accuracy_change")
+    add("Accuracy change fp32 -> fp16 (as shipped)", change, val_on,
+        fmt=lambda v: None if _percent(v) is None else f"{100 * v:+.1f} points")
+    return rows
+
+
 def card_integrity(card: dict) -> list[dict[str, str]]:
     """One row per file with its sha256 (verified on load) and, for the model, the tensor count."""
     rows = [{"File": name, "sha256": digest} for name, digest in sorted((card.get("sha256") or {}).items())]

@@ -18,8 +18,12 @@ st.markdown(
     f"**Trained on:** {summary['trained_on']}  \n**Backbone:** {summary['backbone']}, "
     f"input {summary['input_size']} x {summary['input_size']} pixels"
 )
+performance = review.performance_rows(card)
+if performance:
+    st.markdown("**Measured performance**")
+    st.dataframe(performance, hide_index=True, width="stretch")
 for title, fields in review.card_sections(card):
-    with st.expander(title, expanded=title in ("Intended use and limits", "Data", "Metrics")):
+    with st.expander(title, expanded=title in ("Intended use and limits", "Data")):
         for key, value in fields.items():
             review_text = review.card_value_markdown(key, value)
             if review_text is not None:

@@ -85,7 +85,7 @@ def make_tiny_checkpoint(folder: str | Path, *, name: str = TINY_NAME, synthetic
         "trained_on": "nothing (seeded random weights, for tests only)",
         "data": {"dataset": "synthetic blobs", "train": 0, "validation": 0, "test": 0},
         "training": {"epochs": 0, "note": "untrained"},
-        "metrics": {"accuracy": 0.5},
+        "metrics": {"test_accuracy": 0.5, "test_images": 8},
         "intended_use": "Automated tests of the review app.",
         "limitations": ["Random weights: predictions mean nothing."],
         "mdm_profile": "fast",

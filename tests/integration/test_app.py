@@ -156,6 +156,9 @@ def test_other_pages_render(app, page):
         assert "No evaluation is stored" in text
     if page.endswith("model_card.py"):
         assert "tiny-test" in text and "Intended use" in "\n".join(e.label for e in app.expander)
+        assert "Measured performance" in text  # the card's figures as a table, not only as JSON
+        table = app.dataframe[0].value
+        assert list(table["Value"]) == ["50.0%"] and "8 images" in table["Measured on"][0]
 
 
 def test_no_valid_checkpoint_keeps_app_working(monkeypatch, tmp_path):

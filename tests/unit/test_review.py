@@ -219,6 +219,19 @@ def test_prototype_cards_weights_and_card_sections(checkpoint):
     assert review.card_integrity(checkpoint.card)[0]["sha256"]
 
 
+def test_performance_rows_read_the_card_in_order_and_skip_what_is_missing():
+    card = {"metrics": {"val_accuracy": 0.984375, "val_images": 64, "test_accuracy": 0.975, "test_images": 80,
+                        "test_sensitivity": None, "test_specificity": 1.0, "baseline_test_accuracy": 0.9625,
+                        "table4_test_accuracy": {"R=40": 0.975, "R=1": 0.95}, "fp16_accuracy_change": -0.015625}}
+    rows = review.performance_rows(card)
+    assert [r["Value"] for r in rows] == ["97.5%", "100.0%", "96.2%", "95.0%", "97.5%", "98.4%", "-1.6 points"]
+    assert rows[0]["Measure"] == "Accuracy" and "80 images" in rows[0]["Measured on"]
+    assert "R = 1" in rows[3]["Measure"] and "single-image" in rows[3]["Measure"]
+    assert "R = 40" in rows[4]["Measure"] and "multi-image" in rows[4]["Measure"]
+    assert "64 images" in rows[5]["Measured on"]
+    assert review.performance_rows({}) == [] and review.performance_rows({"metrics": "garbage"}) == []
+
+
 def test_evaluation_absent_then_read(checkpoint_dir, tmp_path):
     import shutil
 
