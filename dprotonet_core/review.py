@@ -39,6 +39,7 @@ from dprotonet_core.checkpoint import Checkpoint, CheckpointError, find_checkpoi
 from dprotonet_core.config import DEFAULT_MDM_PROFILE, OverlayConfig
 from dprotonet_core.data import io as image_io
 from dprotonet_core.data.io import ImageReadError, LoadedImage, Window
+from dprotonet_core.evaluate.metrics import wilson_interval
 from dprotonet_core.inference import Prediction
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1153,9 +1154,10 @@ def _percent(value: Any) -> str | None:
 
 
 def performance_rows(card: dict) -> list[dict[str, str]]:
-    """The card's measured figures as readable rows (Measure, Value, Measured on), most important first:
-    held-out test, the backbone-only baseline on the same images (Table 3), single- vs multi-image
-    projection (Table 4), validation, fp16. Figures a card does not have are left out."""
+    """The card's measured figures as readable rows (Measure, Value, 95% interval, Measured on), most important
+    first: held-out test, the backbone-only baseline on the same images (Table 3), single- vs multi-image
+    projection (Table 4), validation, fp16. Accuracies on a stated number of images carry their Wilson
+    interval (how far a test set that small can pin them down). Figures a card does not have are left out."""
     m = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
     n_test, n_val = m.get("test_images"), m.get("val_images")
     test_on = f"held-out test split ({n_test} images, never used for training or selection)" if n_test else \
@@ -1163,23 +1165,28 @@ def performance_rows(card: dict) -> list[dict[str, str]]:
     val_on = f"validation split ({n_val} images, used to select the epoch)" if n_val else "validation split"
     rows: list[dict[str, str]] = []
 
-    def add(measure: str, value: Any, on: str, fmt=_percent) -> None:
+    def add(measure: str, value: Any, on: str, n: Any = None, fmt=_percent) -> None:
         text = fmt(value)
-        if text is not None:
-            rows.append({"Measure": measure, "Value": text, "Measured on": on})
+        if text is None:
+            return
+        interval = ""
+        if isinstance(n, int) and n > 0:
+            low, high = wilson_interval(round(value * n), n)
+            interval = f"{100 * low:.1f}% to {100 * high:.1f}%"
+        rows.append({"Measure": measure, "Value": text, "95% interval": interval, "Measured on": on})
 
-    add("Accuracy", m.get("test_accuracy"), test_on)
+    add("Accuracy", m.get("test_accuracy"), test_on, n_test)
     add("Sensitivity (recall of the positive class)", m.get("test_sensitivity"), test_on)
     add("Specificity", m.get("test_specificity"), test_on)
     add("Backbone-only classifier, accuracy (Table 3)", m.get("baseline_test_accuracy"),
-        test_on + "; same backbone, split and epochs, no prototypes")
+        test_on + "; same backbone, split and epochs, no prototypes", n_test)
     table4 = m.get("table4_test_accuracy") if isinstance(m.get("table4_test_accuracy"), dict) else {}
     for key, value in sorted(table4.items(), key=lambda kv: int(str(kv[0]).split("=")[-1] or 0)):
         r = str(key).split("=")[-1]
         kind = "single-image" if r == "1" else "multi-image"
-        add(f"Accuracy after {kind} projection, R = {r} (Table 4)", value, test_on)
-    add("Accuracy", m.get("val_accuracy"), val_on)
-    add("Backbone-only classifier, accuracy (Table 3)", m.get("baseline_val_accuracy"), val_on)
+        add(f"Accuracy after {kind} projection, R = {r} (Table 4)", value, test_on, n_test)
+    add("Accuracy", m.get("val_accuracy"), val_on, n_val)
+    add("Backbone-only classifier, accuracy (Table 3)", m.get("baseline_val_accuracy"), val_on, n_val)
     change = m.get("fp16_accuracy_change")
     add("Accuracy change fp32 -> fp16 (as shipped)", change, val_on,
         fmt=lambda v: None if _percent(v) is None else f"{100 * v:+.1f} points")

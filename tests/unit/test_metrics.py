@@ -27,6 +27,17 @@ def test_classification_metrics_by_hand():
     np.testing.assert_array_equal(M.confusion_matrix(y_true, y_pred, 2), [[4, 2], [1, 3]])
 
 
+def test_wilson_interval_by_hand():
+    # 75 of 80: p = 0.9375, z^2 = 3.841459, z^2/n = 0.048018; centre (0.9375 + 0.024009) / 1.048018 = 0.917454;
+    # half 1.959964 * sqrt(0.9375 * 0.0625 / 80 + 3.841459 / 25600) / 1.048018 = 1.959964 * 0.029707 / 1.048018
+    # = 0.055556
+    low, high = M.wilson_interval(75, 80)
+    assert low == pytest.approx(0.861898, abs=1e-5) and high == pytest.approx(0.973010, abs=1e-5)
+    assert M.wilson_interval(10, 10)[1] == pytest.approx(1.0) and M.wilson_interval(10, 10)[0] < 1.0
+    assert M.wilson_interval(0, 10)[0] == 0.0 and M.wilson_interval(0, 10)[1] > 0.0
+    assert all(math.isnan(v) for v in M.wilson_interval(0, 0))
+
+
 def test_roc_auc_by_hand():
     y = np.array([0, 0, 1, 1])
     # pairs (pos, neg): (0.35>0.1) (0.35<0.4) (0.8>0.1) (0.8>0.4) -> 3 of 4

@@ -226,6 +226,8 @@ def test_performance_rows_read_the_card_in_order_and_skip_what_is_missing():
     rows = review.performance_rows(card)
     assert [r["Value"] for r in rows] == ["97.5%", "100.0%", "96.2%", "95.0%", "97.5%", "98.4%", "-1.6 points"]
     assert rows[0]["Measure"] == "Accuracy" and "80 images" in rows[0]["Measured on"]
+    assert rows[0]["95% interval"] == "91.3% to 99.3%"  # Wilson, 78 of 80
+    assert rows[1]["95% interval"] == ""  # the card does not say how many test images are positive
     assert "R = 1" in rows[3]["Measure"] and "single-image" in rows[3]["Measure"]
     assert "R = 40" in rows[4]["Measure"] and "multi-image" in rows[4]["Measure"]
     assert "64 images" in rows[5]["Measured on"]
