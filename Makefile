@@ -46,3 +46,4 @@ checkpoints: install
 bench: install-dev
 	$(PY) bench/mdm.py
 	$(PY) bench/app.py
+	$(PY) bench/backbones.py
