@@ -1170,7 +1170,7 @@ def performance_rows(card: dict) -> list[dict[str, str]]:
         if text is None:
             return
         interval = ""
-        if isinstance(n, int) and n > 0:
+        if isinstance(n, int) and n > 0 and 0.0 <= value <= 1.0:
             low, high = wilson_interval(round(value * n), n)
             interval = f"{100 * low:.1f}% to {100 * high:.1f}%"
         rows.append({"Measure": measure, "Value": text, "95% interval": interval, "Measured on": on})
@@ -1181,8 +1181,11 @@ def performance_rows(card: dict) -> list[dict[str, str]]:
     add("Backbone-only classifier, accuracy (Table 3)", m.get("baseline_test_accuracy"),
         test_on + "; same backbone, split and epochs, no prototypes", n_test)
     table4 = m.get("table4_test_accuracy") if isinstance(m.get("table4_test_accuracy"), dict) else {}
-    for key, value in sorted(table4.items(), key=lambda kv: int(str(kv[0]).split("=")[-1] or 0)):
-        r = str(key).split("=")[-1]
+    def views(key: Any) -> str:  # "R=40" -> "40"
+        return str(key).split("=")[-1]
+
+    for key, value in sorted(table4.items(), key=lambda kv: (not views(kv[0]).isdigit(), views(kv[0]).zfill(9))):
+        r = views(key)
         kind = "single-image" if r == "1" else "multi-image"
         add(f"Accuracy after {kind} projection, R = {r} (Table 4)", value, test_on, n_test)
     add("Accuracy", m.get("val_accuracy"), val_on, n_val)

@@ -64,7 +64,7 @@ def specificity(y_true: np.ndarray, y_pred: np.ndarray, positive: int = 1) -> fl
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """95% (by default) Wilson score interval of a proportion such as an accuracy measured on n images: the
-    range a small test set cannot tell apart (80 images at 93.75% -> about 86.1% to 97.3%). Not an equation
+    range a small test set cannot tell apart (80 images at 93.75% -> about 86.2% to 97.3%). Not an equation
     of the paper; reported next to its accuracies so that the size of the test set is visible."""
     if n <= 0:
         return (math.nan, math.nan)

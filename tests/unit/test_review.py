@@ -232,6 +232,9 @@ def test_performance_rows_read_the_card_in_order_and_skip_what_is_missing():
     assert "R = 40" in rows[4]["Measure"] and "multi-image" in rows[4]["Measure"]
     assert "64 images" in rows[5]["Measured on"]
     assert review.performance_rows({}) == [] and review.performance_rows({"metrics": "garbage"}) == []
+    odd = review.performance_rows({"metrics": {"test_accuracy": 7.0, "test_images": 80,
+                                               "table4_test_accuracy": {"R=x": 0.5, "R=2": 0.6}}})
+    assert odd[0]["95% interval"] == "" and [r["Value"] for r in odd] == ["700.0%", "60.0%", "50.0%"]
 
 
 def test_evaluation_absent_then_read(checkpoint_dir, tmp_path):
