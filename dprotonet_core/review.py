@@ -1153,6 +1153,12 @@ def _percent(value: Any) -> str | None:
     return f"{100 * value:.1f}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+PERFORMANCE_CAPTION = (
+    "The held-out test split was never used for training or model selection. The 95% interval (Wilson) is "
+    "the range of accuracies a test set of that size cannot tell apart."
+)
+
+
 def performance_rows(card: dict) -> list[dict[str, str]]:
     """The card's measured figures as readable rows (Measure, Value, 95% interval, Measured on), most important
     first: held-out test, the backbone-only baseline on the same images (Table 3), single- vs multi-image
@@ -1160,9 +1166,8 @@ def performance_rows(card: dict) -> list[dict[str, str]]:
     interval (how far a test set that small can pin them down). Figures a card does not have are left out."""
     m = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
     n_test, n_val = m.get("test_images"), m.get("val_images")
-    test_on = f"held-out test split ({n_test} images, never used for training or selection)" if n_test else \
-        "held-out test split"
-    val_on = f"validation split ({n_val} images, used to select the epoch)" if n_val else "validation split"
+    test_on = f"held-out test split ({n_test} images)" if n_test else "held-out test split"
+    val_on = f"validation split ({n_val} images, selects the epoch)" if n_val else "validation split"
     rows: list[dict[str, str]] = []
 
     def add(measure: str, value: Any, on: str, n: Any = None, fmt=_percent) -> None:
@@ -1179,7 +1184,7 @@ def performance_rows(card: dict) -> list[dict[str, str]]:
     add("Sensitivity (recall of the positive class)", m.get("test_sensitivity"), test_on)
     add("Specificity", m.get("test_specificity"), test_on)
     add("Backbone-only classifier, accuracy (Table 3)", m.get("baseline_test_accuracy"),
-        test_on + "; same backbone, split and epochs, no prototypes", n_test)
+        test_on + "; same backbone and epochs, no prototypes", n_test)
     table4 = m.get("table4_test_accuracy") if isinstance(m.get("table4_test_accuracy"), dict) else {}
     def views(key: Any) -> str:  # "R=40" -> "40"
         return str(key).split("=")[-1]

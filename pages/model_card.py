@@ -22,6 +22,7 @@ performance = review.performance_rows(card)
 if performance:
     st.markdown("**Measured performance**")
     st.dataframe(performance, hide_index=True, width="stretch")
+    st.caption(review.PERFORMANCE_CAPTION)
 for title, fields in review.card_sections(card):
     with st.expander(title, expanded=title in ("Intended use and limits", "Data")):
         for key, value in fields.items():
