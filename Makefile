@@ -33,14 +33,19 @@ test: install-dev system-deps
 lint: install-dev
 	$(PY) -m ruff check .
 
-# Rebuilds both bundled demo checkpoints from scratch, then measures and attaches their evaluation reports
-# (long: see assets/checkpoints/README.md).
-PALM_DATA ?= ../shared/data/palm-training400-224
-EVAL := $(PY) -m dprotonet_core evaluate --split test --limit 4 --attach --no-progress
+# Rebuilds both bundled demo checkpoints from scratch (the chest backbone's Kermany pretraining first, when its
+# file is absent), then measures and attaches their evaluation reports (long: see assets/checkpoints/README.md).
+SHARED_DATA ?= ../shared/data
+PALM_DATA ?= $(SHARED_DATA)/palm-training400-224
+RSNA_DATA ?= $(SHARED_DATA)/rsna-real
+EVAL := $(PY) -m dprotonet_core evaluate --split test --attach --no-progress --threads 2
 checkpoints: install
-	$(PY) -m dprotonet_core make-demo --out assets/checkpoints --palm $(PALM_DATA)
-	$(EVAL) --checkpoint assets/checkpoints/rsna-pneumonia --dataset rsna --data runs/synthetic-rsna --out runs/eval-rsna
-	$(EVAL) --checkpoint assets/checkpoints/ichallenge-pm --dataset ichallenge-pm --data $(PALM_DATA) \
+	rm -f assets/backbones/chest-small_resnet-kermany.safetensors
+	$(PY) -m dprotonet_core make-demo --out assets/checkpoints --palm $(PALM_DATA) --rsna-data $(RSNA_DATA) \
+		--kermany $(SHARED_DATA)/kermany-chest-224
+	$(EVAL) --limit 40 --checkpoint assets/checkpoints/rsna-pneumonia --dataset rsna --data $(RSNA_DATA) \
+		--methods mdm-fast gradcam gradcam++ scorecam ablationcam --out runs/eval-rsna
+	$(EVAL) --limit 4 --checkpoint assets/checkpoints/ichallenge-pm --dataset ichallenge-pm --data $(PALM_DATA) \
 		--out runs/eval-palm
 
 bench: install-dev

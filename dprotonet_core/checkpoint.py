@@ -85,6 +85,12 @@ class Checkpoint:
     def synthetic(self) -> bool:
         return bool(self.card.get("synthetic", False))
 
+    @property
+    def decision_threshold(self) -> float | None:
+        """The card's threshold on p(class 1), chosen on validation; None: the paper's argmax of eq. 3."""
+        value = (self.card.get("decision_threshold") or {}).get("value")
+        return None if value is None else float(value)
+
     def prototype_image(self, index: int) -> np.ndarray:
         """The source image of prototype `index` as uint8 (H, W, 3)."""
         record = self.prototypes[index]

@@ -11,7 +11,8 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("train", "project", "predict", "explain", "evaluate", "make_synthetic_rsna", "make_demo")
+COMMANDS = ("train", "project", "predict", "explain", "evaluate", "make_synthetic_rsna", "make_demo",
+            "pretrain_backbone")
 
 
 def build_parser() -> argparse.ArgumentParser:

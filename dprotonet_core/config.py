@@ -64,6 +64,10 @@ class LossConfig:
     # +0.08 here, i.e. |lambda2|; test_losses.py checks the loss decreases as they separate.
     lambda_sep: float = 0.08
     lambda_l1: float = 1e-4
+    # DEVIATION (the paper is silent on class imbalance; its RSNA subset is balanced by sampling): weights of
+    # eq. 4's cross-entropy per class, None = unweighted (the paper). The real RSNA images are 1:3
+    # positive:negative; make-demo sets inverse-frequency weights there (its plan records them).
+    class_weights: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     # Multi-image prototype learning (eq. 9-11): R augmented views; the paper's best is M=40.
     projection_views: int = 40
+    # DEVIATION (opt-in; ProtoPNet's push lets several prototypes take the same nearest image): no two prototypes
+    # of a class project onto the same source image. The shipped iChallenge-PM model without it had 20
+    # prototypes from 10 photographs (4 PM prototypes from P0062): a gallery that shows one image four times.
+    distinct_sources: bool = False
     val_fraction: float = 0.2
     # DEVIATION (not in the paper): right before each prototype update, re-estimate the
     # batch-norm running statistics as the plain average over the un-augmented training
@@ -102,6 +110,10 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     label_smoothing: float = 0.0
+    # Which validation figure selects the saved state: "accuracy" (the paper's measure) or "auc" (ROC AUC of
+    # p(class 1), two-class tasks). DEVIATION for imbalanced data (RSNA, 1:3): accuracy there rewards a model
+    # that calls everything negative (0.75), and the card's decision threshold is chosen after selection.
+    select_on: str = "accuracy"
 
 
 @dataclass(frozen=True)

@@ -91,22 +91,42 @@ def preprocess(image: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     return resize_square(x, size)[None]
 
 
+def decide(probabilities: torch.Tensor | np.ndarray, threshold: float | None = None, positive: int = 1):
+    """The predicted class of each row of (B, C) probabilities: argmax (eq. 3, the paper's rule), or, for a
+    checkpoint whose card stores a decision threshold, `positive` exactly when p(positive) >= threshold
+    (a two-class task only). Returns the same kind as given (tensor or array) of class indices (B,)."""
+    if threshold is None:
+        return probabilities.argmax(1)
+    if probabilities.shape[1] != 2:
+        raise ValueError("a decision threshold needs a two-class task")
+    chosen = probabilities[:, positive] >= threshold
+    other = 1 - positive
+    if isinstance(probabilities, torch.Tensor):
+        return torch.where(chosen, positive, other)
+    return np.where(chosen, positive, other)
+
+
 def default_classes(model: DProtoNet) -> list[str]:
     return [f"class {i}" for i in range(model.config.num_classes)]
 
 
-def predict(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | None = None) -> Prediction:
+def predict(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | None = None,
+            threshold: float | None = None) -> Prediction:
     """Classify one image (1, 3, S, S) or (3, S, S) in [0, 1] and explain the decision by prototypes.
+
+    `threshold`: the checkpoint's decision threshold on p(class 1) (`Checkpoint.decision_threshold`); None
+    is the paper's argmax of eq. 3.
 
     The model must be in eval mode (`load_checkpoint` returns it so); it is not switched here,
     so one model can serve several threads.
     """
     if model.training:
         raise ValueError("predict needs the model in eval mode (call model.eval() once, before sharing it)")
-    return predict_batch(model, x01 if x01.dim() == 4 else x01[None], classes)[0]
+    return predict_batch(model, x01 if x01.dim() == 4 else x01[None], classes, threshold)[0]
 
 
-def predict_batch(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | None = None) -> list[Prediction]:
+def predict_batch(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | None = None,
+                  threshold: float | None = None) -> list[Prediction]:
     """`predict` for a batch (B, 3, S, S): one Prediction per image."""
     if model.training:
         raise ValueError("predict needs the model in eval mode (call model.eval() once, before sharing it)")
@@ -120,9 +140,10 @@ def predict_batch(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | 
         weight = model.last_layer.weight.detach().float().cpu().clone()  # (C, K), a plain tensor
         proto_class = model.prototype_classes().cpu().tolist()
     probabilities = torch.softmax(logits, dim=1)
+    decided = decide(probabilities, threshold)
     results = []
     for b in range(logits.shape[0]):
-        c = int(logits[b].argmax())
+        c = int(decided[b])
         contributions = weight[c] * g[b]
         logit = float(logits[b, c])
         order = torch.argsort(contributions, descending=True).tolist()

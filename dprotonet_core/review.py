@@ -338,7 +338,7 @@ def list_samples(folder: Path | None = None) -> list[Sample]:
 
 def predict(checkpoint: Checkpoint, x: torch.Tensor) -> Prediction:
     """Classify x (1, 3, S, S) in [0, 1]; the reasoning rows explain the logit as a sum of w * g (eq. 3)."""
-    return inference.predict(checkpoint.model, x, checkpoint.classes)
+    return inference.predict(checkpoint.model, x, checkpoint.classes, checkpoint.decision_threshold)
 
 
 def probability(prediction: Prediction) -> float:

@@ -2,8 +2,11 @@
 
     ichallenge-pm    DProtoNet on the real PALM / iChallenge-PM training images (400 fundus photographs),
                      split (stratified, seeded) into train / validation (model selection) / held-out test
-    rsna-pneumonia   DProtoNet on a synthetic RSNA-layout set (real patientIds, Targets and boxes; synthetic
-                     pixels), trained through the real RSNA loader; labelled synthetic everywhere
+    rsna-pneumonia   DProtoNet on the 1,200 real RSNA Pneumonia Detection Challenge radiographs in
+                     `../shared/data/rsna-real` (split by patient, stratified by Target x view), its backbone
+                     initialised from Kermany's pediatric radiographs (`pretrain-backbone`, rebuilt first
+                     when its file is absent), class-weighted, selected on validation ROC AUC, with a decision
+                     threshold on p(pneumonia) chosen on validation
 
 For each: train (trainer of `dprotonet_core.train.loop`, with the Table 3 backbone-only baseline), measure on
 the held-out test split (fp16 as shipped), compare single-image (R = 1) with multi-image (R) projection on the
@@ -39,9 +42,16 @@ PALM_CREDIT = (
     "PALM / iChallenge-PM 2019 training set (Fang et al., Scientific Data 2024; Baidu and Zhongshan "
     "Ophthalmic Center), resized to 224 x 224"
 )
-SYNTHETIC_WARNING = (
-    "SYNTHETIC DEMO: this checkpoint has never seen a real radiograph. It was trained on computer-generated "
-    "images in the RSNA layout. Its predictions on real chest X-rays mean nothing."
+RSNA_REAL = SHARED / "rsna-real"
+RSNA_HEADERS = SHARED / "rsna" / "stage_2_train_images_dicom_headers.csv.gz"
+KERMANY = SHARED / "kermany-chest-224"
+CHEST_BACKBONE = Path("assets/backbones/chest-small_resnet-kermany.safetensors")
+# Test first (20%), then validation (25% of the rest: 240 films, 60 positives, enough to place a threshold).
+RSNA_SPLIT = {"seed": 0, "val_fraction": 0.25, "test_fraction": 0.2}
+RSNA_CREDIT = (
+    "RSNA Pneumonia Detection Challenge (2018) images and labels, built on NIH ChestX-ray14: Wang et al., "
+    "\"ChestX-ray8\", CVPR 2017; Shih et al., \"Augmenting the National Institutes of Health Chest Radiograph "
+    "Dataset with Expert Annotations of Possible Pneumonia\", Radiology: Artificial Intelligence 2019"
 )
 
 
@@ -62,6 +72,12 @@ class DemoPlan:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     baseline: bool = True  # also train the backbone-only classifier (Table 3)
+    backbone_weights: str | None = None  # a local f_b file to start from (None: random initialisation)
+    lr_backbone: float | None = None  # f_b's joint-phase rate (None: the config's for this start)
+    class_weights: str | None = None  # "balanced": inverse-frequency weights of eq. 4's cross-entropy
+    select_on: str = "accuracy"  # validation figure that selects the saved state: accuracy | auc
+    distinct_sources: bool = True  # no two prototypes of a class from the same image (config.py)
+    threshold_rule: str | None = None  # "youden": a threshold on p(class 1) chosen on validation; None: argmax
 
 
 def register(subparsers) -> None:
@@ -73,10 +89,10 @@ def register(subparsers) -> None:
                    help="build just one part; prototype-mdm and sample-explanations redo only the MDM results of "
                    "the existing checkpoints and samples")
     p.add_argument("--palm", default=SHARED / "palm-training400-224", type=Path, help="PALM training images")
-    p.add_argument("--rsna-data", default=Path("runs/synthetic-rsna"), type=Path,
-                   help="synthetic RSNA-layout folder (generated here if absent)")
-    p.add_argument("--rsna-n", type=int, default=1200, help="synthetic patients to generate")
-    p.add_argument("--rsna-size", type=int, default=384, help="synthetic DICOM side in pixels")
+    p.add_argument("--rsna-data", default=RSNA_REAL, type=Path, help="RSNA folder (real radiographs)")
+    p.add_argument("--kermany", default=KERMANY, type=Path, help="pretraining corpus of the chest backbone")
+    p.add_argument("--chest-backbone", default=CHEST_BACKBONE, type=Path,
+                   help="pretrained chest backbone file (made by pretrain-backbone when absent)")
     p.add_argument("--epochs", type=int, help="override the epochs of both plans")
     p.add_argument("--views", type=int, help="override R of both plans")
     p.add_argument("--backbone", help="override the backbone of both plans (smoke runs)")
@@ -88,25 +104,32 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _held_out_metrics(model, dataset, batch_size: int = 32) -> dict:
-    """Accuracy, sensitivity and specificity (positive = class 1) on a dataset split; `model` is a DProtoNet
-    (its output's logits) or a plain classifier (logits)."""
-    from dprotonet_core.evaluate.metrics import accuracy, sensitivity, specificity
+def held_out_metrics(model, dataset, threshold: float | None = None, batch_size: int = 32) -> dict:
+    """Accuracy, sensitivity, specificity and ROC AUC (positive = class 1) on a dataset split, deciding by the
+    card's threshold (None: argmax); within each view too when the items carry one. `model` is a DProtoNet or
+    a plain classifier."""
+    from dprotonet_core.evaluate.metrics import accuracy, roc_auc, sensitivity, specificity
+    from dprotonet_core.inference import decide
+    from dprotonet_core.train.pretrain import predict_scores
 
-    y_true, y_pred = [], []
-    with torch.inference_mode():
-        for start in range(0, len(dataset), batch_size):
-            batch = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            x = torch.stack([b[0] for b in batch])
-            out = model(x)
-            y_pred += getattr(out, "logits", out).argmax(1).tolist()
-            y_true += [int(b[1]) for b in batch]
-    t, p = np.asarray(y_true), np.asarray(y_pred)
-    return {"accuracy": accuracy(t, p), "sensitivity": sensitivity(t, p), "specificity": specificity(t, p),
-            "images": len(t)}
+    scores, t = predict_scores(model, dataset, batch_size)
+    p = decide(np.stack([1 - scores, scores], 1), threshold)
+
+    def figures(keep: np.ndarray) -> dict:
+        y, yp = t[keep], p[keep]
+        return {"accuracy": accuracy(y, yp), "sensitivity": sensitivity(y, yp), "specificity": specificity(y, yp),
+                "roc_auc": roc_auc(y, scores[keep]) if len(set(y.tolist())) == 2 else None,
+                "images": int(keep.sum()), "positives": int((y == 1).sum())}
+
+    out = figures(np.ones(len(t), bool))
+    views = [getattr(it, "attributes", {}).get("view") for it in getattr(dataset, "items", [])]
+    if any(views):
+        out["by_view"] = {v: figures(np.asarray([w == v for w in views])) for v in sorted({w for w in views if w})}
+    return out
 
 
-def _projection_comparison(model, train_ds, test_ds, views: int, augment, seed: int) -> dict:
+def _projection_comparison(model, train_ds, test_ds, views: int, augment, seed: int,
+                           threshold: float | None = None, distinct: bool = False) -> dict:
     """Table 4 on the trained network: held-out accuracy after single-image (R = 1) and after multi-image
     (R = views) projection from the same prototypes. The model is left unchanged."""
     from dprotonet_core.train.projection import project_prototypes
@@ -117,8 +140,8 @@ def _projection_comparison(model, train_ds, test_ds, views: int, augment, seed: 
         with torch.no_grad():
             model.prototypes.copy_(original)
         project_prototypes(model, train_ds, views=r, augment=None if r == 1 else augment,
-                           labels=train_ds.labels, generator_seed=seed)
-        out[f"R={r}"] = _held_out_metrics(model, test_ds)["accuracy"]
+                           labels=train_ds.labels, generator_seed=seed, distinct=distinct)
+        out[f"R={r}"] = held_out_metrics(model, test_ds, threshold)["accuracy"]
     with torch.no_grad():
         model.prototypes.copy_(original)
     return out
@@ -130,7 +153,9 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
     from dprotonet_core.commands._data import augmentation
     from dprotonet_core.config import LossConfig, ModelConfig, TrainConfig
     from dprotonet_core.data.registry import load_dataset
+    from dprotonet_core.evaluate.metrics import choose_threshold
     from dprotonet_core.train.loop import TrainOptions, train
+    from dprotonet_core.train.pretrain import class_weights, predict_scores
 
     torch.set_num_threads(threads)
     t_start = time.perf_counter()
@@ -145,34 +170,63 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
         for i in range(len(dataset)):
             dataset[i]
     model_cfg = ModelConfig(backbone=plan.backbone, input_size=plan.input_size, num_classes=len(train_ds.classes))
+    rates = {}
+    if plan.lr_backbone is not None:
+        rates = {"lr_backbone": plan.lr_backbone, "lr_backbone_scratch": plan.lr_backbone}
     train_cfg = TrainConfig(epochs=plan.epochs, batch_size=plan.batch_size, seed=plan.seed,
-                            projection_views=plan.views, val_fraction=plan.val_fraction, num_workers=1)
+                            projection_views=plan.views, val_fraction=plan.val_fraction, num_workers=1,
+                            select_on=plan.select_on, distinct_sources=plan.distinct_sources, **rates)
+    weights = None
+    if plan.class_weights == "balanced":
+        weights = tuple(round(float(w), 4) for w in class_weights(train_ds.labels, len(train_ds.classes)))
     augment = augmentation(plan.dataset, plan.input_size, plan.seed)
     options = TrainOptions(classes=train_ds.classes, augment=augment, threads=threads, dtype="float16",
-                           baseline=plan.baseline, card=card_extra,
+                           baseline=plan.baseline, card=card_extra, backbone_weights=plan.backbone_weights,
                            command_line="python -m dprotonet_core " + shlex.join(sys.argv[1:]))
-    result = train(train_ds, out, model_cfg, train_cfg, LossConfig(), options, val_dataset=val_ds)
+    result = train(train_ds, out, model_cfg, train_cfg, LossConfig(class_weights=weights), options,
+                   val_dataset=val_ds)
 
     ckpt = load_checkpoint(out)
     card = dict(ckpt.card)
+    threshold = None
+    if plan.threshold_rule is not None:  # placed on validation, after selection; never on the test split
+        scores, labels = predict_scores(ckpt.model, val_ds)
+        threshold = choose_threshold(labels, scores, plan.threshold_rule)
+        card["decision_threshold"] = {
+            "value": round(threshold, 4), "class": train_ds.classes[1], "rule": plan.threshold_rule,
+            "chosen_on": f"validation split ({len(val_ds)} images), after model selection",
+            "meaning": f"the model answers {train_ds.classes[1]!r} when p({train_ds.classes[1]}) >= this value "
+                       "(instead of the paper's argmax of eq. 3, i.e. 0.5)"}
     metrics = dict(card.get("metrics", {}))
-    test = _held_out_metrics(ckpt.model, test_ds)
+    test = held_out_metrics(ckpt.model, test_ds, threshold)
     metrics.update({f"test_{k}": v for k, v in test.items()})
     metrics["test_measured_on"] = "held-out test split: never used for training or model selection (fp16 weights)"
+    if threshold is not None:
+        metrics["test_at_argmax"] = {k: v for k, v in held_out_metrics(ckpt.model, test_ds).items() if k != "by_view"}
+        metrics["val_at_threshold"] = held_out_metrics(ckpt.model, val_ds, threshold)
     if result.baseline_model is not None:  # Table 3 on the same test images (fp32; selected on validation)
-        baseline_test = _held_out_metrics(result.baseline_model.cpu(), test_ds)
-        metrics.update({f"baseline_test_{k}": v for k, v in baseline_test.items() if k != "images"})
+        baseline_net = result.baseline_model.cpu()
+        baseline_threshold = None
+        if plan.threshold_rule is not None:
+            b_scores, b_labels = predict_scores(baseline_net, val_ds)
+            baseline_threshold = choose_threshold(b_labels, b_scores, plan.threshold_rule)
+            metrics["baseline_decision_threshold"] = round(baseline_threshold, 4)
+        baseline_test = held_out_metrics(baseline_net, test_ds, baseline_threshold)
+        metrics.update({f"baseline_test_{k}": v for k, v in baseline_test.items() if k not in ("images", "by_view")})
     model = ckpt.model.requires_grad_(False)
     metrics["table4_test_accuracy"] = _projection_comparison(model, train_ds, test_ds, plan.views, augment,
-                                                             plan.seed)
+                                                             plan.seed, threshold, plan.distinct_sources)
     vectors, mdm_seconds = prototype_side(ckpt, profile)
     card["metrics"] = metrics
     card["training_data"] = {**card.get("training_data", {}),
                              "split": {**card.get("training_data", {}).get("split", {}),
                                        "test_fraction": plan.test_fraction,
                                        "test_ids": [str(i) for i in test_ds.ids]}}
+    if weights is not None:
+        card["loss_config"] = {**card.get("loss_config", {}), "class_weights": list(weights)}
     card["demo_plan"] = dataclasses.asdict(plan)
     card["prototype_mdm"] = prototype_mdm_record(profile, mdm_seconds)
+    card["prototype_sources"] = distinct_source_counts(ckpt)
     card["build_seconds"] = round(time.perf_counter() - t_start, 1)
     images = [ckpt.prototype_image(i) for i in range(len(ckpt.prototypes))]
     for name in ("model.safetensors", "card.json"):
@@ -183,6 +237,15 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
     print(json.dumps({"checkpoint": str(out), "val_accuracy": result.val_accuracy, **{k: v for k, v in
                       metrics.items() if k.startswith(("test_", "baseline_", "table4"))}}), flush=True)
     return card
+
+
+def distinct_source_counts(ckpt) -> dict:
+    """Per class: prototypes, and how many distinct source images they were projected from."""
+    out = {}
+    for c, name in enumerate(ckpt.classes):
+        records = [r for r in ckpt.prototypes if r.class_index == c]
+        out[name] = {"prototypes": len(records), "distinct_source_images": len({r.source_id for r in records})}
+    return out
 
 
 def palm_card() -> dict:
@@ -202,42 +265,97 @@ def palm_card() -> dict:
 
 
 def rsna_card() -> dict:
+    from dprotonet_core.data.kermany import CREDIT as KERMANY_CREDIT
+
     return {
-        "name": "RSNA pneumonia demo (SYNTHETIC)",
-        "task": "pneumonia vs. not, from chest radiographs",
-        "synthetic": True,
-        "synthetic_warning": SYNTHETIC_WARNING,
-        "trained_on": "synthetic chest radiographs in the RSNA layout (real patientIds, Targets and boxes; "
-                      "computer-generated pixels)",
-        "training_data": {"dataset": "rsna (synthetic stand-in)",
-                          "credit": "labels: RSNA Pneumonia Detection Challenge stage 2; pixels: synthetic"},
-        "how_to_train_the_real_one": "python -m dprotonet_core train --dataset rsna --data <the Kaggle "
-                                     "rsna-pneumonia-detection-challenge folder> --backbone resnet50 "
-                                     "--backbone-weights <local ImageNet weights> --out <dir>  (GPU advised)",
-        "intended_use": "Demonstration of the review workflow only.",
-        "warnings": [SYNTHETIC_WARNING,
-                     "Research software, not a medical device: not for diagnosis or treatment decisions."],
+        "name": "RSNA pneumonia (real radiographs)",
+        "task": "pneumonia (lung opacity) vs. not, from frontal chest radiographs of adults",
+        "synthetic": False,
+        "trained_on": "1,200 real adult chest radiographs of the RSNA Pneumonia Detection Challenge (NIH Clinical "
+                      "Center, one hospital system; 512 px JPEG of the 1024 px originals, used at 224 px), split "
+                      "by patient; backbone first pretrained on 6,754 real pediatric radiographs (Kermany et al.)",
+        "training_data": {"dataset": "rsna (real: ../shared/data/rsna-real)", "credit": RSNA_CREDIT,
+                          "pretraining": {"dataset": "kermany-chest-224", "credit": KERMANY_CREDIT,
+                                          "file": str(CHEST_BACKBONE)},
+                          "view_confound": "237 of 300 positives are AP (bedside) films against 340 of 900 "
+                                           "negatives: accuracy per view is reported"},
+        "intended_use": "Research on interpretable classification of chest radiographs; not a medical device.",
+        "warnings": [
+            "Research software, not a medical device: not for diagnosis or treatment decisions.",
+            "Trained on 720 radiographs of one hospital system; the view (AP bedside vs PA) is confounded with "
+            "the label there, so a part of its skill may be recognising a bedside film. Check the per-view "
+            "figures and look at what the heatmap marks.",
+        ],
     }
 
 
-def write_samples(samples: Path, palm_root: Path, rsna_root: Path, palm_test_ids, rsna_test) -> None:
-    """A few held-out inputs for the app: PALM photographs (credited) and synthetic RSNA DICOMs."""
+SAMPLE_FIELDS = ["file", "label", "dataset", "credit", "boxes"]
+
+
+def write_samples(samples: Path, palm_root: Path, palm_test_ids, rsna_test, headers_csv: Path) -> None:
+    """A few held-out inputs for the app: PALM photographs and real RSNA radiographs from the RSNA test split
+    (as DICOM files a PACS would send, and one as JPEG), all credited; true boxes in each file's own pixels."""
+    from dprotonet_core.data.sample_dicom import rsna_sample_dicom
+
     samples.mkdir(parents=True, exist_ok=True)
+    for old in list(samples.glob("*.dcm")) + list(samples.glob("rsna-*.jpg")):
+        old.unlink()
     rows = []
     for image_id, label in palm_test_ids:
         src = next(palm_root.glob(f"{image_id}*"))
         shutil.copyfile(src, samples / src.name)
-        rows.append({"file": src.name, "label": label, "dataset": "ichallenge-pm", "credit": PALM_CREDIT})
-    for patient_id, label in rsna_test:
-        src = rsna_root / "stage_2_train_images" / f"{patient_id}.dcm"
-        name = f"synthetic-rsna-{patient_id[:8]}.dcm"
-        shutil.copyfile(src, samples / name)
-        rows.append({"file": name, "label": label, "dataset": "rsna-pneumonia",
-                     "credit": "SYNTHETIC radiograph (RSNA layout; real patientId and boxes, generated pixels)"})
+        rows.append({"file": src.name, "label": label, "dataset": "ichallenge-pm", "credit": PALM_CREDIT,
+                     "boxes": "[]"})
+    headers = _rsna_headers(headers_csv, {it.id for it in rsna_test.items})
+    for n, (index, as_jpeg) in enumerate(_pick_rsna(rsna_test), start=1):
+        item = rsna_test.items[index]
+        label = rsna_test.classes[item.label]
+        view = item.attributes.get("view", "")
+        stem = f"rsna-{n}-{view.lower()}-{'pneumonia' if item.label else 'normal'}"
+        with open(item.path, "rb") as handle:
+            data = handle.read()
+        if as_jpeg:
+            name = f"{stem}.jpg"
+            (samples / name).write_bytes(data)
+        else:
+            name = f"{stem}.dcm"
+            rsna_sample_dicom(data, headers.get(item.id, {}), samples / name, n)
+        from PIL import Image
+
+        with Image.open(item.path) as im:
+            width, height = im.size
+        scale_x, scale_y = width / 1024.0, height / 1024.0  # the labels' boxes are in the 1024 px frame
+        boxes = [[round(x * scale_x, 1), round(y * scale_y, 1), round(w * scale_x, 1), round(h * scale_y, 1)]
+                 for x, y, w, h in item.boxes]
+        rows.append({"file": name, "label": label, "dataset": "rsna-pneumonia", "boxes": json.dumps(boxes),
+                     "credit": f"real radiograph, RSNA test split ({view} view); {RSNA_CREDIT}"})
     with open(samples / "samples.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["file", "label", "dataset", "credit"])
+        writer = csv.DictWriter(f, fieldnames=SAMPLE_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _pick_rsna(dataset) -> list[tuple[int, bool]]:
+    """Five test radiographs for the app: pneumonia AP, pneumonia PA, normal AP, normal PA as DICOM, and one
+    more normal PA as JPEG (the first of each kind in the split's order). (index, as JPEG) pairs."""
+    wanted = [(1, "AP", False), (1, "PA", False), (0, "AP", False), (0, "PA", False), (0, "PA", True)]
+    chosen: list[tuple[int, bool]] = []
+    for label, view, as_jpeg in wanted:
+        for i, item in enumerate(dataset.items):
+            if item.label == label and item.attributes.get("view") == view and i not in [c for c, _ in chosen]:
+                chosen.append((i, as_jpeg))
+                break
+    return chosen
+
+
+def _rsna_headers(path: Path, ids: set[str]) -> dict[str, dict]:
+    """patientId -> its row of the RSNA DICOM headers CSV (technical fields), for the given patients."""
+    import gzip
+
+    if not path.is_file():
+        return {}
+    with gzip.open(path, "rt", newline="") as handle:
+        return {row["PatientID"]: row for row in csv.DictReader(handle) if row.get("PatientID") in ids}
 
 
 def _pick(dataset, per_class: int) -> list[tuple[str, str]]:
@@ -246,6 +364,18 @@ def _pick(dataset, per_class: int) -> list[tuple[str, str]]:
         ids = [str(i) for i, y in zip(dataset.ids, dataset.labels) if y == cls][:per_class]
         chosen += [(i, dataset.classes[cls]) for i in ids]
     return chosen
+
+
+def rsna_plan(chest_backbone: Path) -> DemoPlan:
+    """The RSNA checkpoint's plan (what the measurements in assets/checkpoints/README.md chose)."""
+    return DemoPlan(
+        "rsna-pneumonia", "rsna", input_size=224, epochs=20, batch_size=32, views=40, baseline=True,
+        val_fraction=RSNA_SPLIT["val_fraction"], test_fraction=RSNA_SPLIT["test_fraction"],
+        backbone_weights=str(chest_backbone), lr_backbone=RSNA_BACKBONE_LR, class_weights="balanced",
+        select_on="auc", threshold_rule="youden")
+
+
+RSNA_BACKBONE_LR = 3e-4  # f_b's rate from the Kermany start (bench/rsna_recipes.py)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -257,17 +387,15 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in overrides.items() if v is not None}
     plans = {
         "ichallenge-pm": dataclasses.replace(DemoPlan("ichallenge-pm", "ichallenge-pm"), **overrides),
-        # RSNA: 160 px and no baseline keep the CPU build under an hour; a first run at 224 px on 600 images
-        # stayed near chance (val 0.58), so the synthetic set is twice as large.
-        "rsna-pneumonia": dataclasses.replace(
-            DemoPlan("rsna-pneumonia", "rsna", input_size=160, epochs=30, baseline=False), **overrides
-        ),
+        "rsna-pneumonia": dataclasses.replace(rsna_plan(args.chest_backbone), **overrides),
     }
     t0 = time.perf_counter()
-    if args.only in (None, "rsna-pneumonia") and not (args.rsna_data / "stage_2_train_labels.csv").is_file():
-        from dprotonet_core.data.synthetic_rsna import generate
+    if args.only in (None, "rsna-pneumonia") and not args.chest_backbone.is_file():
+        from dprotonet_core.commands import pretrain_backbone
 
-        generate(args.rsna_data, args.rsna_n, seed=0, size=args.rsna_size, positive_fraction=0.5)
+        pretrain_backbone.run(argparse.Namespace(data=args.kermany, out=args.chest_backbone, backbone="small_resnet",
+                                                 input_size=224, epochs=5, batch_size=64, lr=2e-3, limit=None,
+                                                 seed=0, threads=args.threads, no_progress=True))
     if args.only in (None, "ichallenge-pm"):
         build(plans["ichallenge-pm"], args.palm, args.out / "ichallenge-pm", palm_card(), args.threads,
               args.mdm_profile)
@@ -277,8 +405,8 @@ def run(args: argparse.Namespace) -> int:
     if args.only in (None, "samples"):
         split = {"seed": 0, "val_fraction": 0.2, "test_fraction": 0.2, "transform": None}
         palm_test = load_dataset("ichallenge-pm", args.palm, "test", 224, **split)
-        rsna_test = load_dataset("rsna", args.rsna_data, "test", 224, **split)
-        write_samples(args.samples, args.palm, args.rsna_data, _pick(palm_test, 2), _pick(rsna_test, 2))
+        rsna_test = load_dataset("rsna", args.rsna_data, "test", 224, transform=None, **RSNA_SPLIT)
+        write_samples(args.samples, args.palm, _pick(palm_test, 2), rsna_test, RSNA_HEADERS)
     if args.only == "prototype-mdm":
         for name in SAMPLE_CHECKPOINTS.values():
             if (args.out / name / "card.json").is_file():

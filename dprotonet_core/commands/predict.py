@@ -59,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
             failed = True
             print(json.dumps({"file": path, "error": error}), flush=True)
             continue
-        result = predict(ckpt.model, x, ckpt.classes)
+        result = predict(ckpt.model, x, ckpt.classes, ckpt.decision_threshold)
         print(json.dumps({"file": path, **result.to_json(args.top_k)}), flush=True)
     return 2 if failed else 0

@@ -46,6 +46,9 @@ class Item:
     crop: Box | None = None
     mask_is_dark: bool = False  # PALM masks: lesion pixels are 0 (black), background 255
     box_frame: tuple[int, int] | None = None  # (h, w) the boxes refer to, when not the file's own size
+    group: str | None = None  # items of one group (a patient) always land in the same split
+    stratum: str | None = None  # splits keep each (label, stratum)'s share, e.g. the view of a radiograph
+    attributes: dict[str, str] = field(default_factory=dict)  # e.g. {"view": "AP"} for per-view metrics
 
 
 def boxes_to_mask(boxes: Sequence[Box], orig_size: tuple[int, int], out_size: int | tuple[int, int]) -> np.ndarray:
@@ -86,18 +89,32 @@ def stratified_split(labels: Sequence[int], val_fraction: float, seed: int = 0) 
 def split_items(
     items: Sequence[Item], split: str, val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0
 ) -> list[Item]:
-    """Select 'all', 'train', 'val' or 'test' items by stratified splitting (test first, then val)."""
+    """Select 'all', 'train', 'val' or 'test' items by stratified splitting (test first, then val).
+
+    Items carrying a `group` (patient) or a `stratum` are split group by group, stratified by (label, stratum)
+    of each group's first item; otherwise item by item, stratified by label."""
     if split == "all":
         return list(items)
-    labels = [it.label for it in items]
-    rest, test = stratified_split(labels, test_fraction, seed) if test_fraction > 0 else (list(range(len(items))), [])
-    if split == "test":
-        return [items[i] for i in test]
-    tr, va = stratified_split([labels[i] for i in rest], val_fraction, seed + 1)
-    chosen = {"train": tr, "val": va}.get(split)
-    if chosen is None:
+    if split not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}: use all, train, val or test")
-    return [items[rest[i]] for i in chosen]
+    grouped = any(it.group is not None or it.stratum is not None for it in items)
+    units: list[list[int]] = []  # indices of the items of each splitting unit
+    if grouped:
+        by_key: dict[str, list[int]] = {}
+        for i, it in enumerate(items):
+            by_key.setdefault(it.group if it.group is not None else f"item:{it.id}", []).append(i)
+        units = list(by_key.values())
+        keys = [f"{items[u[0]].label}|{items[u[0]].stratum or ''}" for u in units]
+    else:
+        units = [[i] for i in range(len(items))]
+        keys = [items[i].label for i in range(len(items))]
+    rest, test = stratified_split(keys, test_fraction, seed) if test_fraction > 0 else (list(range(len(units))), [])
+    if split == "test":
+        chosen = test
+    else:
+        tr, va = stratified_split([keys[i] for i in rest], val_fraction, seed + 1)
+        chosen = [rest[i] for i in (tr if split == "train" else va)]
+    return [items[i] for u in sorted(chosen) for i in units[u]]
 
 
 def _crop(pixels: np.ndarray, box: Box) -> np.ndarray:

@@ -1,10 +1,13 @@
-"""RSNA Pneumonia Detection Challenge, in the layout Kaggle ships it.
+"""RSNA Pneumonia Detection Challenge, in the layout Kaggle ships it or its public JPEG / PNG conversion.
 
     <root>/stage_2_train_labels.csv          patientId,x,y,width,height,Target (one row per box)
-    <root>/stage_2_train_images/<patientId>.dcm
+    <root>/stage_2_train_images/<patientId>.dcm   (or .jpg / .jpeg / .png; one format per folder)
+    <root>/metadata.csv                      optional: patientId,ViewPosition,... (the view of each film)
 
-A patient with several boxes has several rows; a negative patient has one row with empty box fields.
-Splits are by patient (one image per patient), stratified by Target.
+A patient with several boxes has several rows; a negative patient has one row with empty box fields. Boxes are
+in pixels of the 1024 x 1024 originals whatever size the files are. Splits are by patient (one image per
+patient), stratified by Target x ViewPosition when the views are known (the view is confounded with the label:
+most positives are AP bedside films), else by Target.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from dprotonet_core.data.datasets import (
 CLASSES = ["no pneumonia", "pneumonia"]
 LABELS_CSV = "stage_2_train_labels.csv"
 IMAGES_DIR = "stage_2_train_images"
+METADATA_CSV = "metadata.csv"
+IMAGE_FORMATS = {".dcm": "DICOM", ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 BOX_FRAME = 1024  # the labels' boxes are in pixels of the 1024 x 1024 originals, whatever the file size
 _COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 
@@ -52,18 +57,50 @@ def read_rsna_labels(csv_path: Path) -> dict[str, tuple[int, list[Box]]]:
     return patients
 
 
+def read_views(csv_path: Path) -> dict[str, str]:
+    """patientId -> ViewPosition (AP / PA) from a metadata CSV; {} when the file is absent."""
+    if not csv_path.is_file():
+        return {}
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if "patientId" not in (reader.fieldnames or []) or "ViewPosition" not in (reader.fieldnames or []):
+            raise DatasetLayoutError(f"{csv_path} lacks column(s) patientId / ViewPosition")
+        return {row["patientId"].strip(): row["ViewPosition"].strip() for row in reader}
+
+
+def _image_files(images: Path) -> dict[str, Path]:
+    """patientId -> image file of the folder; refuses a folder that mixes formats, naming a file of each."""
+    files = {p.stem: p for p in sorted(images.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_FORMATS}
+    formats: dict[str, Path] = {}
+    for path in files.values():
+        formats.setdefault(IMAGE_FORMATS[path.suffix.lower()], path)
+    if len(formats) > 1:
+        named = ", ".join(f"{kind} ({path.name})" for kind, path in formats.items())
+        raise DatasetLayoutError(f"{images} mixes image formats: {named}; keep one format per folder")
+    return files
+
+
 def rsna_items(root: Path) -> list[Item]:
     """All patients of an RSNA folder as items; the layout is validated, missing paths are named."""
     root = Path(root)
     csv_path = require(root / LABELS_CSV, "RSNA labels CSV")
     images = require(root / IMAGES_DIR, "RSNA image folder")
-    items = []
-    for pid, (target, boxes) in read_rsna_labels(csv_path).items():
-        path = images / f"{pid}.dcm"
-        items.append(Item(id=pid, path=path, label=target, boxes=boxes, box_frame=(BOX_FRAME, BOX_FRAME)))
-    absent = [it.path for it in items if not it.path.exists()]
+    labels = read_rsna_labels(csv_path)
+    files = _image_files(images)
+    unlabelled = sorted(set(files) - set(labels))
+    if unlabelled:
+        raise DatasetLayoutError(f"{files[unlabelled[0]]} has no row in {csv_path} "
+                                 f"({len(unlabelled)} image(s) without a label)")
+    absent = [pid for pid in labels if pid not in files]
     if absent:
-        raise DatasetLayoutError(f"missing {len(absent)} RSNA DICOM file(s), e.g. {absent[0]}")
+        raise DatasetLayoutError(f"missing {len(absent)} RSNA image file(s), e.g. {images / absent[0]}.dcm "
+                                 "(or .jpg / .png)")
+    views = read_views(root / METADATA_CSV)
+    items = []
+    for pid, (target, boxes) in labels.items():
+        view = views.get(pid)
+        items.append(Item(id=pid, path=files[pid], label=target, boxes=boxes, box_frame=(BOX_FRAME, BOX_FRAME),
+                          stratum=view, attributes={"view": view} if view else {}))
     return items
 
 

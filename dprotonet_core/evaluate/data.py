@@ -50,6 +50,13 @@ class EvalData:
         ids = getattr(self.dataset, "ids", None)
         return str(ids[self.indices[k]]) if ids is not None else str(self.indices[k])
 
+    def attribute(self, k: int, name: str) -> str | None:
+        """An item attribute of image k (e.g. "view" of a radiograph), None when the dataset has none."""
+        items = getattr(self.dataset, "items", None)
+        if items is None:
+            return None
+        return getattr(items[self.indices[k]], "attributes", {}).get(name)
+
     def has_ground_truth(self, k: int) -> bool:
         check = getattr(self.dataset, "has_ground_truth", None)
         return bool(check(self.indices[k])) if check is not None else False

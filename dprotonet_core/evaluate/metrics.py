@@ -102,6 +102,32 @@ def roc_auc(y_true: np.ndarray, scores: np.ndarray, positive: int = 1) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
+def choose_threshold(y_true: np.ndarray, scores: np.ndarray, rule: str = "youden", positive: int = 1) -> float:
+    """A decision threshold on p(positive) from labelled (validation) scores; the answer is positive when
+    score >= threshold.
+
+    "youden": maximise Youden's J = sensitivity + specificity - 1 (equal weight to a missed positive and a
+    false alarm in proportion to each class's size); "accuracy": maximise accuracy. Ties go to the higher
+    threshold; the threshold is placed midway between the chosen score and the next lower one.
+    """
+    y = np.asarray(y_true) == positive
+    scores = np.asarray(scores, float)
+    if y.all() or not y.any():
+        raise ValueError("choosing a threshold needs both classes")
+    values = np.unique(scores)[::-1]  # candidate thresholds, highest first
+    best, best_value = -math.inf, float(values[0])
+    for value in values:
+        pred = scores >= value
+        sens, spec = (pred & y).sum() / y.sum(), (~pred & ~y).sum() / (~y).sum()
+        score = sens + spec - 1 if rule == "youden" else (pred == y).mean()
+        if rule not in ("youden", "accuracy"):
+            raise ValueError(f"unknown threshold rule {rule!r}: use youden or accuracy")
+        if score > best + 1e-12:
+            best, best_value = score, float(value)
+    lower = scores[scores < best_value]
+    return (best_value + float(lower.max())) / 2 if lower.size else best_value
+
+
 # --- localisation -----------------------------------------------------------------------------
 
 

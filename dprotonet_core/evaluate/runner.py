@@ -30,6 +30,7 @@ from dprotonet_core.config import EvalConfig, OverlayConfig, to_dict
 from dprotonet_core.evaluate import metrics as M
 from dprotonet_core.evaluate.cams import DISPLAY_NAMES, check_methods, compute_cam
 from dprotonet_core.evaluate.data import EvalData, load_eval_data
+from dprotonet_core.inference import decide
 from dprotonet_core.model.dprotonet import DProtoNet
 
 TABLE5_COLUMNS = ("AD", "AI", "D", "I", "DICE", "IoU", "PPV", "Sensitivity", "s/img")
@@ -63,13 +64,15 @@ class Predictions:
     labels: np.ndarray  # (N,)
     probabilities: np.ndarray  # (N, C)
     seconds: float
+    threshold: float | None = None  # the checkpoint's decision threshold on p(class 1); None: argmax (eq. 3)
 
     @property
     def predicted(self) -> np.ndarray:
-        return self.probabilities.argmax(axis=1)
+        return decide(self.probabilities, self.threshold)
 
 
-def predict_split(model: DProtoNet, data: EvalData, batch_size: int, progress: bool = True) -> Predictions:
+def predict_split(model: DProtoNet, data: EvalData, batch_size: int, progress: bool = True,
+                  threshold: float | None = None) -> Predictions:
     """Class probabilities of every image of the split, in batches."""
     prob = probability_fn(model)
     chunks, start = [], time.perf_counter()
@@ -78,7 +81,7 @@ def predict_split(model: DProtoNet, data: EvalData, batch_size: int, progress: b
         with torch.no_grad():
             chunks.append(prob(images).float().cpu().numpy())
     ids = [data.item_id(k) for k in range(len(data))]
-    return Predictions(ids, data.labels(), np.concatenate(chunks), time.perf_counter() - start)
+    return Predictions(ids, data.labels(), np.concatenate(chunks), time.perf_counter() - start, threshold)
 
 
 def _macro(fn: Callable[..., float], labels: np.ndarray, values: np.ndarray, num_classes: int) -> float:
@@ -97,6 +100,8 @@ def classification_metrics(pred: Predictions, classes: list[str], positive: int)
         "accuracy": M.accuracy(y, p),
         "confusion_matrix": M.confusion_matrix(y, p, num_classes).tolist(),
         "seconds_per_image": pred.seconds / max(y.size, 1),
+        "decision": "argmax of eq. 3" if pred.threshold is None else
+                    f"{classes[positive]} when p({classes[positive]}) >= {pred.threshold:.3f} (the card's threshold)",
     }
     if num_classes == 2:
         fpr, tpr = M.roc_curve(y, probs[:, positive], positive)
@@ -114,6 +119,22 @@ def classification_metrics(pred: Predictions, classes: list[str], positive: int)
             roc_auc=_macro(M.roc_auc, y, probs, num_classes), roc=None,
         )
     return result
+
+
+def per_view_metrics(pred: Predictions, data: EvalData, positive: int) -> dict:
+    """Accuracy, sensitivity, specificity and ROC AUC within each view (e.g. AP / PA radiographs) of a binary
+    task whose items carry a "view" attribute; {} otherwise."""
+    views = [data.attribute(k, "view") for k in range(len(data))]
+    if pred.probabilities.shape[1] != 2 or not any(views):
+        return {}
+    out = {}
+    for view in sorted({v for v in views if v}):
+        keep = np.asarray([v == view for v in views])
+        y, p = pred.labels[keep], pred.predicted[keep]
+        out[view] = {"n": int(keep.sum()), "positives": int((y == positive).sum()), "accuracy": M.accuracy(y, p),
+                     "sensitivity": M.sensitivity(y, p, positive), "specificity": M.specificity(y, p, positive),
+                     "roc_auc": M.roc_auc(y, pred.probabilities[keep, positive], positive)}
+    return out
 
 
 # --- 2. CAMs: recognition and localisation --------------------------------------------------
@@ -180,6 +201,7 @@ class CamEvaluation:
 def evaluate_cams(
     model: DProtoNet, data: EvalData, positions: list[int], methods: list[str], cfg: EvalConfig,
     top_percent: float, overlay_cfg: OverlayConfig = _OVERLAY, progress: bool = True,
+    threshold: float | None = None,
 ) -> CamEvaluation:
     """Every method's CAM and scores on the images at `positions` of the split."""
     prob = probability_fn(model)
@@ -191,7 +213,8 @@ def evaluate_cams(
         x = data.image(k).to(device)
         with torch.no_grad():
             original = prob(x.unsqueeze(0))[0]
-        target = int(original.argmax()) if cfg.cam_target == "predicted" else data.label(k)
+        predicted = int(decide(original[None].cpu(), threshold)[0])
+        target = predicted if cfg.cam_target == "predicted" else data.label(k)
         truth = data.mask(k)
         ids.append(data.item_id(k))
         targets.append(target)
@@ -282,11 +305,13 @@ def run_evaluation(request: EvalRequest, cfg: EvalConfig = _EVAL, progress: bool
     model = checkpoint.model
     data = load_eval_data(request.dataset, request.data, request.split, model.config.input_size, checkpoint.card)
     positive = cfg.positive_class if len(checkpoint.classes) == 2 else 0
-    pred = predict_split(model, data, cfg.batch_size, progress)
+    pred = predict_split(model, data, cfg.batch_size, progress, checkpoint.decision_threshold)
     classification = classification_metrics(pred, checkpoint.classes, positive)
+    classification["by_view"] = per_view_metrics(pred, data, positive)
     top = _top_percent(request, cfg)
     positions = select_cam_images(data, request.limit, cfg.cam_subset)
-    cams = evaluate_cams(model, data, positions, methods, cfg, top, progress=progress)
+    cams = evaluate_cams(model, data, positions, methods, cfg, top, progress=progress,
+                         threshold=checkpoint.decision_threshold)
     metrics = _metrics_document(request, cfg, checkpoint.card, data, classification, cams, top)
     document = write_reports(Path(request.out), metrics, pred, cams, checkpoint.classes)
     if request.attach:

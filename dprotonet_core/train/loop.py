@@ -42,7 +42,7 @@ from dprotonet_core.model.dprotonet import (
 )
 from dprotonet_core.train import resume as resume_state
 from dprotonet_core.train.data import SubsetView, Transform, paper_augmentation, stratified_split
-from dprotonet_core.train.losses import total_loss
+from dprotonet_core.train.losses import cross_entropy_term, total_loss
 from dprotonet_core.train.phases import Phase, joint_phase, last_layer_phase, schedule, warm_phase
 from dprotonet_core.train.projection import dataset_ids, dataset_labels, project_prototypes, prototype_records
 
@@ -341,7 +341,7 @@ def train(
             result = project_prototypes(
                 model, run.train_plain, views=cfg.projection_views, augment=run.augment,
                 labels=run.train_plain.labels, batch_size=cfg.batch_size, device=run.device,
-                generator_seed=_step_seed(cfg.seed, index),
+                generator_seed=_step_seed(cfg.seed, index), distinct=cfg.distinct_sources,
             )
             records = prototype_records(result, run.classes, model.prototype_classes().tolist())
             projection = {"records": [r.__dict__ for r in records], "views": result.views,
@@ -356,6 +356,8 @@ def train(
             entry.update(run_epoch(model, run.loader(index), phase, optimizers[step.phase], loss_cfg,
                                    run.device, scaler, cfg.label_smoothing, desc, opts.progress))
         entry["val_accuracy"] = accuracy(model, run.val, cfg.batch_size, run.device)
+        if cfg.select_on == "auc":
+            entry["val_auc"] = val_auc(model, run.val, cfg.batch_size)
         entry["projected"] = projection is not None and (step.kind == "push" or step.phase == "last_layer")
         entry["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(entry)
@@ -366,7 +368,7 @@ def train(
             _save_state_checkpoint(model, last_ckpt, run, _records(projection), _images_of(last_ckpt))
         elif step.kind == "epoch":
             _save_state_checkpoint(model, last_ckpt, run, None, None)
-        if entry["projected"] and _better(entry, best):
+        if entry["projected"] and _better(entry, best, cfg.select_on):
             best = entry
             _save_state_checkpoint(model, resume_state.resume_dir(out) / "best", run,
                                    _records(projection), _images_of(last_ckpt))
@@ -378,11 +380,24 @@ def train(
     return _finish(run, out, history, best, projection)
 
 
-def _better(entry: dict, best: dict | None) -> bool:
-    """Strictly better validation accuracy; without a validation split, the latest state wins."""
-    if best is None or entry["val_accuracy"] is None:
+def _better(entry: dict, best: dict | None, select_on: str = "accuracy") -> bool:
+    """Strictly better validation accuracy (or ROC AUC with select_on="auc"); without a validation split, the
+    latest state wins."""
+    key = "val_auc" if select_on == "auc" else "val_accuracy"
+    if best is None or entry.get(key) is None:
         return True
-    return entry["val_accuracy"] > best["val_accuracy"]
+    return entry[key] > best[key]
+
+
+def val_auc(model: torch.nn.Module, dataset: Dataset, batch_size: int) -> float | None:
+    """ROC AUC of p(class 1) on an un-augmented two-class dataset; None if empty."""
+    from dprotonet_core.evaluate.metrics import roc_auc
+    from dprotonet_core.train.pretrain import predict_scores
+
+    if len(dataset) == 0:
+        return None
+    scores, labels = predict_scores(model, dataset, batch_size)
+    return roc_auc(labels, scores)
 
 
 def _records(projection: dict):
@@ -420,6 +435,8 @@ def _finish(run: _Run, out: Path, history: list[dict], best: dict | None, projec
     val_acc = accuracy(model, run.val, cfg.batch_size, run.device)
     metrics: dict = {
         "val_accuracy": val_acc,
+        "val_auc": val_auc(model, run.val, cfg.batch_size) if cfg.select_on == "auc" else None,
+        "selected_on": "validation ROC AUC" if cfg.select_on == "auc" else "validation accuracy",
         "val_images": len(run.val),
         "train_images": len(run.train_plain),
         "measured_on": f"validation split of the training data ({run.split}); never a test set",
@@ -496,7 +513,7 @@ def train_baseline(run: _Run, log: Callable[[dict], None] | None = None) -> tupl
         {"params": net.backbone.parameters(), "lr": lr_b, "weight_decay": cfg.weight_decay},
         {"params": net.fc.parameters(), "lr": cfg.lr_shaping},
     ])
-    best = {"val_accuracy": None, "epoch": None}
+    best = {"val_accuracy": None, "val_auc": None, "epoch": None}
     seconds = []
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
@@ -506,20 +523,23 @@ def train_baseline(run: _Run, log: Callable[[dict], None] | None = None) -> tupl
                    disable=not run.opt.progress, file=sys.stderr)
         for x, y in bar:
             x, y = x.to(run.device), y.to(run.device)
-            loss = torch.nn.functional.cross_entropy(net(x), y, label_smoothing=cfg.label_smoothing)
+            loss = cross_entropy_term(net(x), y, cfg.label_smoothing, run.loss_cfg.class_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         if cfg.recalibrate_bn:
             recalibrate_batch_norm(net, run.train_plain, cfg.batch_size, run.device)
         acc = accuracy(net, run.val, cfg.batch_size, run.device)
+        auc = val_auc(net, run.val, cfg.batch_size) if cfg.select_on == "auc" else None
         seconds.append(round(time.perf_counter() - t0, 3))
-        entry = {"phase": "baseline", "epoch": epoch + 1, "val_accuracy": acc, "seconds": seconds[-1]}
+        entry = {"phase": "baseline", "epoch": epoch + 1, "val_accuracy": acc, "val_auc": auc,
+                 "seconds": seconds[-1]}
         _log(run.out, entry)
         if log:
             log(entry)
-        if best["val_accuracy"] is None or (acc or 0.0) > best["val_accuracy"]:
-            best = {"val_accuracy": acc, "epoch": epoch + 1}
+        key = "val_auc" if cfg.select_on == "auc" else "val_accuracy"
+        if best[key] is None or (entry[key] or 0.0) > best[key]:
+            best = {"val_accuracy": acc, "val_auc": auc, "epoch": epoch + 1}
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     best["seconds_per_epoch"] = sum(seconds) / max(len(seconds), 1)
     if cfg.epochs:

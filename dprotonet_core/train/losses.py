@@ -15,9 +15,15 @@ import torch.nn.functional as F
 from dprotonet_core.config import LossConfig
 
 
-def cross_entropy_term(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Eq. 4, first term: (1/n) sum_i CrsEnt(f_h o g_p o F(x_i), y_i). logits (B, C), labels (B,)."""
-    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+def cross_entropy_term(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0,
+                       class_weights: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Eq. 4, first term: (1/n) sum_i CrsEnt(f_h o g_p o F(x_i), y_i). logits (B, C), labels (B,).
+
+    `class_weights` (LossConfig's DEVIATION for imbalanced data) weighs each image's term by its class,
+    normalised by the batch's total weight (torch's weighted mean); None is the paper's plain mean."""
+    weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32,
+                                                             device=logits.device)
+    return F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=label_smoothing)
 
 
 def _nearest_distance(distances: torch.Tensor) -> torch.Tensor:
@@ -88,7 +94,7 @@ def total_loss(
     label_smoothing: float = 0.0,
 ) -> LossParts:
     """Eq. 4: L = CrsEnt + lambda1 Clst + lambda2 Sep + lambda3 l_wh, with its parts."""
-    ce = cross_entropy_term(logits, labels, label_smoothing)
+    ce = cross_entropy_term(logits, labels, label_smoothing, config.class_weights)
     clst = cluster_cost(distances, labels, prototype_identity)
     sep = separation_cost(distances, labels, prototype_identity)
     l1 = last_layer_l1(last_layer_weight, prototype_identity)

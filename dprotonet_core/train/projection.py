@@ -87,16 +87,21 @@ def find_nearest_images(
     labels: Sequence[int],
     batch_size: int = 32,
     device: torch.device | str = "cpu",
+    distinct: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step 1, one pass over the dataset: for every prototype, the nearest image of its class.
 
-    Returns (image index (K,), mask index j_pt (K,), distance (K,)); -1 where a class has no image.
+    With `distinct`, no two prototypes of a class take the same source image (`distinct_sources`): each keeps
+    its m nearest images (m = the class's number of prototypes, so a free one always remains), then
+    the closest (prototype, image) pairs are assigned first. Returns (image index (K,), mask index j_pt (K,),
+    distance (K,)); -1 where a class has no image.
     """
     classes = model.prototype_classes().to(device)
     k = classes.numel()
-    best_dist = torch.full((k,), float("inf"), device=device)
-    best_image = torch.full((k,), -1, dtype=torch.long, device=device)
-    best_mask = torch.full((k,), -1, dtype=torch.long, device=device)
+    m = int(torch.bincount(classes).max()) if distinct else 1
+    best_dist = torch.full((m, k), float("inf"), device=device)
+    best_image = torch.full((m, k), -1, dtype=torch.long, device=device)
+    best_mask = torch.full((m, k), -1, dtype=torch.long, device=device)
     order = list(range(len(labels)))
     for chunk in _batches(order, batch_size):
         x = torch.stack([dataset[i][0] for i in chunk]).to(device)
@@ -105,13 +110,37 @@ def find_nearest_images(
         per_image, mask = s.min(dim=1)  # (B, K)
         own = y[:, None] == classes[None, :]  # only images of the prototype's class count
         per_image = per_image.masked_fill(~own, float("inf"))
-        dist, row = per_image.min(dim=0)  # (K,)
-        better = dist < best_dist
-        best_dist = torch.where(better, dist, best_dist)
-        chunk_t = torch.tensor(chunk, device=device)
-        best_image = torch.where(better, chunk_t[row], best_image)
-        best_mask = torch.where(better, mask[row, torch.arange(k, device=device)], best_mask)
-    return best_image.cpu(), best_mask.cpu(), best_dist.cpu()
+        chunk_t = torch.tensor(chunk, device=device)[:, None].expand(-1, k)
+        dist_all = torch.cat([best_dist, per_image])  # (m + B, K)
+        image_all = torch.cat([best_image, chunk_t])
+        mask_all = torch.cat([best_mask, mask])
+        keep = dist_all.topk(min(m, dist_all.shape[0]), dim=0, largest=False).indices  # (m, K), nearest first
+        best_dist, best_image, best_mask = (t.gather(0, keep) for t in (dist_all, image_all, mask_all))
+    if not distinct:
+        return best_image[0].cpu(), best_mask[0].cpu(), best_dist[0].cpu()
+    return distinct_sources(best_dist.cpu(), best_image.cpu(), best_mask.cpu(), classes.cpu())
+
+
+def distinct_sources(dist: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, classes: torch.Tensor):
+    """Give every prototype one of its candidate images (m, K) so that no two prototypes of a class share one:
+    the closest remaining (prototype, image) pair is fixed first. A prototype whose candidates are all taken
+    (a class with fewer images than prototypes) keeps its nearest."""
+    k = dist.shape[1]
+    chosen = torch.full((k,), -1, dtype=torch.long)
+    out_dist, out_mask = torch.full((k,), float("inf")), torch.full((k,), -1, dtype=torch.long)
+    taken: dict[int, set[int]] = {}
+    pairs = sorted((float(dist[r, j]), j, r) for r in range(dist.shape[0]) for j in range(k)
+                   if int(image[r, j]) >= 0)
+    for d, j, r in pairs:
+        used = taken.setdefault(int(classes[j]), set())
+        if chosen[j] >= 0 or int(image[r, j]) in used:
+            continue
+        chosen[j], out_dist[j], out_mask[j] = image[r, j], d, mask[r, j]
+        used.add(int(image[r, j]))
+    for j in range(k):  # fewer images than prototypes: fall back to the nearest
+        if chosen[j] < 0 and int(image[0, j]) >= 0:
+            chosen[j], out_dist[j], out_mask[j] = image[0, j], dist[0, j], mask[0, j]
+    return chosen, out_mask, out_dist
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -128,6 +157,7 @@ def project_prototypes(
     device: torch.device | str = "cpu",
     generator_seed: int = 0,
     update: bool = True,
+    distinct: bool = False,
 ) -> ProjectionResult:
     """Multi-image prototype learning (eq. 9-11) over `dataset` (un-augmented (3, S, S) images in [0, 1], label).
 
@@ -147,7 +177,7 @@ def project_prototypes(
     torch.manual_seed(generator_seed)
     try:
         with torch.inference_mode():
-            image_idx, mask_idx, dist = find_nearest_images(model, dataset, labels, batch_size, device)
+            image_idx, mask_idx, dist = find_nearest_images(model, dataset, labels, batch_size, device, distinct)
             new = model.prototypes.detach().clone()
             images: list[np.ndarray] = []
             cache: dict[int, torch.Tensor] = {}

@@ -40,3 +40,22 @@ def test_preprocess_uint8_and_tensor():
     x = preprocess(image, 16)
     assert x.shape == (1, 3, 16, 16) and float(x[0, 0].min()) == pytest.approx(1.0)
     assert preprocess(torch.rand(3, 16, 16), 16).shape == (1, 3, 16, 16)
+
+
+def test_decide_argmax_or_the_cards_threshold(tiny_model, tiny_config):
+    from dprotonet_core.inference import decide
+
+    probs = torch.tensor([[0.7, 0.3], [0.4, 0.6], [0.9, 0.1]])
+    assert decide(probs).tolist() == [0, 1, 0]
+    assert decide(probs, 0.25).tolist() == [1, 1, 0]  # p(class 1) >= 0.25
+    assert decide(probs.numpy(), 0.65).tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="two-class"):
+        decide(torch.ones(1, 3) / 3, 0.5)
+    x = torch.rand(1, 3, tiny_config.input_size, tiny_config.input_size)
+    p1 = predict(tiny_model, x, ["a", "b"]).probabilities[1]
+    assert predict(tiny_model, x, ["a", "b"], threshold=p1 - 1e-6).class_index == 1
+    assert predict(tiny_model, x, ["a", "b"], threshold=p1 + 1e-6).class_index == 0
+    # the reasoning table explains the class the threshold chose
+    low = predict(tiny_model, x, ["a", "b"], threshold=0.0)
+    assert low.class_name == "b" and low.reasoning[0].weight == pytest.approx(
+        float(tiny_model.last_layer.weight.detach()[1, low.reasoning[0].prototype]))

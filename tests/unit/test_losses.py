@@ -77,3 +77,13 @@ def test_cluster_and_separation_gradients_point_the_right_way():
     (cluster_cost(s, Y, IDENTITY) + separation_cost(s, Y, IDENTITY)).backward()
     # own-class nearest distance is pushed down (positive gradient), other-class nearest up (negative)
     assert s.grad[0, 1, 0] > 0 and s.grad[0, 0, 2] < 0
+
+
+def test_weighted_cross_entropy_by_hand():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 1, 1])
+    per_image = [math.log(1 + math.exp(-2.0)), math.log(1 + math.exp(-1.0)), math.log(2.0)]
+    weights = (1.0, 3.0)
+    expected = (1 * per_image[0] + 3 * per_image[1] + 3 * per_image[2]) / (1 + 3 + 3)  # torch's weighted mean
+    assert float(cross_entropy_term(logits, labels, class_weights=weights)) == pytest.approx(expected, rel=1e-6)
+    assert float(cross_entropy_term(logits, labels)) == pytest.approx(sum(per_image) / 3, rel=1e-6)

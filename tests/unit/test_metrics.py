@@ -205,3 +205,17 @@ def test_mask_agreement_pearson_and_top20_iou():
     flat = np.ones((1, 10, 10))  # constant maps: no top region (strict threshold), r by equality
     r, iou_flat = mask_agreement(flat, flat)
     assert r == 1.0 and math.isnan(iou_flat) and mask_agreement(flat, 2 * flat)[0] == 0.0
+
+
+def test_choose_threshold_by_hand() -> None:
+    from dprotonet_core.evaluate.metrics import choose_threshold
+
+    y = np.array([0, 0, 0, 0, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.9])
+    # candidates >= 0.9: J = 0.5 - 0 = 0.5; >= 0.6: 0.5 - 0.25 = 0.25; >= 0.4: 1 - 0.25 = 0.75 (best);
+    # >= 0.3: 1 - 0.5. Best at 0.4, placed midway to the next lower score 0.3.
+    assert choose_threshold(y, scores, "youden") == pytest.approx(0.35)
+    # accuracy: >= 0.9 -> 5/6, >= 0.4 -> 5/6 (tie: the higher threshold wins) -> midway 0.9 / 0.6
+    assert choose_threshold(y, scores, "accuracy") == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="both classes"):
+        choose_threshold(np.ones(3), np.ones(3))

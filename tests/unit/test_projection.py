@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dprotonet_core.train.data import TensorImages
@@ -78,3 +79,28 @@ def test_augmented_views_average_and_records(tiny_model, tiny_config):
     assert all(r.views == 3 and r.source_id.startswith("image_") for r in records)
     assert tiny_model.training is False and torch.isfinite(result.prototypes).all()
     assert again.prototypes.shape == result.prototypes.shape
+
+
+def test_distinct_sources_gives_each_prototype_of_a_class_its_own_image():
+    from dprotonet_core.train.projection import distinct_sources
+
+    # 3 prototypes of class 0 and one of class 1, each with its 3 nearest images (rows: nearest first)
+    image = torch.tensor([[5, 5, 5, 5], [6, 7, 6, 8], [7, 6, 9, 9]])
+    dist = torch.tensor([[0.1, 0.2, 0.3, 0.1], [0.5, 0.6, 0.4, 0.2], [0.9, 0.7, 0.8, 0.3]])
+    mask = torch.arange(12).view(3, 4)
+    classes = torch.tensor([0, 0, 0, 1])
+    chosen, masks, dists = distinct_sources(dist, image, mask, classes)
+    # class 0: p0 takes 5 (0.1); then p2 -> 6 (0.4) is fixed before p1 -> 7 (0.6), both nearer ones being taken
+    assert chosen.tolist() == [5, 7, 6, 5]  # class 1 may reuse image 5: only classes are kept apart
+    assert masks.tolist() == [0, 5, 6, 3] and dists.tolist() == pytest.approx([0.1, 0.6, 0.4, 0.1])
+
+
+def test_project_distinct_on_a_tiny_model(tiny_model, tiny_config):
+    torch.manual_seed(0)
+    images = torch.rand(12, 3, tiny_config.input_size, tiny_config.input_size)
+    data = TensorImages(images, torch.tensor([0, 1] * 6))
+    result = project_prototypes(tiny_model, data, views=1, update=False, distinct=True)
+    classes = tiny_model.prototype_classes().tolist()
+    for c in set(classes):
+        own = [i for i, k in zip(result.source_indices, classes) if k == c]
+        assert len(own) == len(set(own)), "two prototypes of a class share a source image"
