@@ -50,7 +50,7 @@ def main() -> None:
         report = pretrain_backbone(train_ds, val_ds, cfg, train_transform(args.size, hflip=False), None,
                                    progress=False, init_weights=args.weights if start == "pretrained" else None)
         aucs = [h["val_auc"] for h in report["history"]]
-        rows.append((recipe, max(aucs), report["selected_epoch"], sum(aucs[-3:]) / 3, time.perf_counter() - t0))
+        rows.append((recipe, max(aucs), aucs.index(max(aucs)) + 1, sum(aucs[-3:]) / 3, time.perf_counter() - t0))
         print(f"{recipe}: val AUC per epoch " + " ".join(f"{a:.3f}" for a in aucs), flush=True)
     print(f"{'recipe':<20} {'best val AUC':>12} {'epoch':>6} {'mean last 3':>12} {'seconds':>8}")
     for recipe, best, epoch, last3, seconds in rows:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from dprotonet_core.model.dprotonet import DProtoNet
+from dprotonet_core.ood import ood_scores
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Prediction:
     probabilities: list[float]  # softmax of the logits, in the order of `classes`
     logits: list[float]
     reasoning: list[PrototypeContribution]  # all prototypes, largest contribution first
+    ood_score: float = float("nan")  # min_j min_i s(z_i(x), P_j): the out-of-distribution score (ood.py)
 
     def top_prototypes(self, k: int = 5) -> list[PrototypeContribution]:
         return self.reasoning[:k]
@@ -137,6 +139,7 @@ def predict_batch(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | 
         logits = out.logits.float().cpu()
         g = out.activations.float().cpu()
         mask_index = out.distances.argmin(dim=1).cpu()  # (B, K)
+        ood = ood_scores(out.distances).cpu()
         weight = model.last_layer.weight.detach().float().cpu().clone()  # (C, K), a plain tensor
         proto_class = model.prototype_classes().cpu().tolist()
     probabilities = torch.softmax(logits, dim=1)
@@ -167,6 +170,7 @@ def predict_batch(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | 
                 probabilities=probabilities[b].tolist(),
                 logits=logits[b].tolist(),
                 reasoning=rows,
+                ood_score=float(ood[b]),
             )
         )
     return results

@@ -34,13 +34,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from dprotonet_core import inference
+from dprotonet_core import inference, ood
 from dprotonet_core.checkpoint import Checkpoint, CheckpointError, find_checkpoints, load_checkpoint, model_digest
 from dprotonet_core.config import DEFAULT_MDM_PROFILE, OverlayConfig
 from dprotonet_core.data import io as image_io
 from dprotonet_core.data.io import ImageReadError, LoadedImage, Window
 from dprotonet_core.evaluate.metrics import wilson_interval
 from dprotonet_core.inference import Prediction
+from dprotonet_core.ood import OODCheck
+from dprotonet_core.task_fit import TaskFit, first_fitting, task_fit
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets"
@@ -333,12 +335,61 @@ def list_samples(folder: Path | None = None) -> list[Sample]:
     return samples
 
 
+# ------------------------------------------------------------------------------------- task fit
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which checkpoint reviews an image: the chosen one, or another that fits (said in one line)."""
+
+    path: Path  # the checkpoint to use
+    switched: bool
+    fit: TaskFit  # of the image with that checkpoint
+    notice: str | None  # the one line the page shows when it switched, or why nothing fits
+
+
+def route(loaded: LoadedImage, current: CheckpointEntry, entries: Iterable[CheckpointEntry]) -> Routing:
+    """Keep the chosen checkpoint when the image fits it; else switch to the first listed one that fits."""
+    fit = task_fit(loaded, (current.card or {}).get("accepts"))
+    if fit.fits:
+        return Routing(current.path, False, fit, None)
+    others = [(str(e.path), e.card) for e in entries if e.valid and e.path != current.path and e.card]
+    found = first_fitting(loaded, others)
+    if found is None:
+        return Routing(current.path, False, fit, f"This image does not fit this model: {fit.reason}. No listed "
+                       "model is made for it, so no prediction is shown as if it were valid.")
+    target = next(e for e in entries if str(e.path) == found)
+    what = str((target.card or {}).get("accepts", {}).get("what", "image"))
+    before = (current.card or {}).get("accepts", {}).get("what", "other images")
+    return Routing(target.path, True, task_fit(loaded, (target.card or {}).get("accepts")),
+                   f"{what[:1].upper() + what[1:]}: reviewed with the {target.label} model "
+                   f"(the {current.label} model reads {before}).")
+
+
+def samples_for(samples: list[Sample], checkpoint_path: Path) -> list[Sample]:
+    """The bundled samples of the chosen checkpoint (samples.csv's dataset = its folder name); all samples when
+    none belong to it."""
+    own = [s for s in samples if s.dataset == checkpoint_path.name]
+    return own or samples
+
+
 # ------------------------------------------------------------------------------------- prediction
 
 
 def predict(checkpoint: Checkpoint, x: torch.Tensor) -> Prediction:
     """Classify x (1, 3, S, S) in [0, 1]; the reasoning rows explain the logit as a sum of w * g (eq. 3)."""
     return inference.predict(checkpoint.model, x, checkpoint.classes, checkpoint.decision_threshold)
+
+
+def decision_text(checkpoint: Checkpoint) -> str:
+    """How the answer was decided, in one line (the card's threshold, or the paper's argmax)."""
+    threshold = checkpoint.decision_threshold
+    if threshold is None:
+        return "Decision: the class with the highest score (argmax of eq. 3, the paper's rule)."
+    positive = checkpoint.classes[1]
+    rule = (checkpoint.card.get("decision_threshold") or {}).get("rule", "")
+    return (f"Decision: {positive} when p({positive}) >= {threshold:.2f}, a threshold chosen on the validation "
+            f"split ({rule or 'see the model card'}), not the paper's argmax (0.50).")
 
 
 def probability(prediction: Prediction) -> float:
@@ -414,6 +465,8 @@ class Case:
     x: torch.Tensor  # (1, 3, S, S)
     prediction: Prediction
     display: np.ndarray  # (DISPLAY_SIZE, DISPLAY_SIZE, 3) float in [0, 1]
+    fit: TaskFit = TaskFit(True, "not checked")  # is the file what the checkpoint's card accepts
+    ood: OODCheck = OODCheck(float("nan"), None, False)  # is the image unlike the model's validation images
 
 
 MAX_CACHED_CASES = 4
@@ -433,7 +486,10 @@ def cached_case(
         return cases[ck]
     start = time.perf_counter()
     x = model_input(checkpoint, loaded)
-    case = Case(data_hash, key, loaded.kind, x, predict(checkpoint, x), display_pixels(loaded))
+    prediction = predict(checkpoint, x)
+    case = Case(data_hash, key, loaded.kind, x, prediction, display_pixels(loaded),
+                task_fit(loaded, checkpoint.card.get("accepts")), ood.check(prediction.ood_score,
+                                                                             checkpoint.card.get("ood")))
     LOG.info("prediction: image %s, checkpoint %s (%.3f s)", data_hash[:12], ck[1], time.perf_counter() - start)
     cases[ck] = case
     while len(cases) > MAX_CACHED_CASES:
@@ -837,6 +893,8 @@ class ReportInputs:
     window: Window | None = None
     top_k: int = DEFAULT_TOP_K
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    fit: TaskFit = TaskFit(True, "not checked")
+    ood: OODCheck = OODCheck(float("nan"), None, False)
 
 
 def report_inputs(
@@ -846,7 +904,7 @@ def report_inputs(
     return ReportInputs(
         checkpoint=checkpoint, prediction=case.prediction, explanation=explanation, settings=settings,
         query_pane=rendered.query.image, prototype_pane=rendered.prototype.image,
-        image_sha256=case.image_sha256, image_kind=case.kind, window=window,
+        image_sha256=case.image_sha256, image_kind=case.kind, window=window, fit=case.fit, ood=case.ood,
     )
 
 
@@ -881,7 +939,11 @@ def report_dict(inputs: ReportInputs) -> dict[str, Any]:
             "probability": probability(pred),
             "probabilities": dict(zip(ck.classes, pred.probabilities)),
             "logits": pred.logits,
+            "decision": decision_text(ck),
+            "valid_for_this_image": inputs.fit.fits,
         },
+        "task_fit": inputs.fit.to_json(),
+        "ood": {**inputs.ood.to_json(), "warning": ood.WARNING if inputs.ood.flagged else None},
         "reasoning": reasoning,
         "explanation": {
             "prototype": ex.prototype,
@@ -911,6 +973,16 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def _report_warnings(inputs: ReportInputs) -> list[str]:
+    """The task-fit and out-of-distribution warnings of a report, wrapped to the PNG's width."""
+    lines = []
+    if not inputs.fit.fits:
+        lines += textwrap.wrap(f"This image is not what the model was made for: {inputs.fit.reason}.", 110)
+    if inputs.ood.flagged:
+        lines += textwrap.wrap(ood.WARNING, 110)
+    return lines
+
+
 def report_png(inputs: ReportInputs) -> bytes:
     """The report as one PNG: header, prediction, both panes, reasoning table, settings. No metadata."""
     data = report_dict(inputs)
@@ -919,7 +991,8 @@ def report_png(inputs: ReportInputs) -> bytes:
     width = 2 * margin + 2 * inputs.query_pane.shape[1] + gap + 48
     h1, h2, small = _font(26), _font(18), _font(15)
     rows = data["reasoning"]
-    height = margin + 40 + 30 + 30 + 30 + pane + 40 + 30 + 24 * (len(rows) + 1) + 30 + 60 + margin
+    height = (margin + 40 + 30 + 30 + 30 + pane + 40 + 30 + 24 * (len(rows) + 1) + 30 + 60 + margin
+              + 20 * len(_report_warnings(inputs)))
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     y = margin
@@ -933,8 +1006,13 @@ def report_png(inputs: ReportInputs) -> bytes:
             y += 20
     y += 10
     pred = data["prediction"]
-    draw.text((margin, y), f"Prediction: {pred['class']}  ({pred['probability'] * 100:.1f}%)", fill="black", font=h2)
+    invalid = "" if inputs.fit.fits else "NOT VALID FOR THIS IMAGE: "
+    draw.text((margin, y), f"{invalid}Prediction: {pred['class']}  ({pred['probability'] * 100:.1f}%)",
+              fill="black" if inputs.fit.fits else (170, 0, 0), font=h2)
     y += 34
+    for line in _report_warnings(inputs):
+        draw.text((margin, y), line, fill=(170, 0, 0), font=small)
+        y += 20
     ex = data["explanation"]
     draw.text((margin, y), "Your image", fill="black", font=small)
     draw.text(

@@ -14,6 +14,22 @@ from dprotonet_core import review
 from dprotonet_core.checkpoint import Checkpoint
 
 CHECKPOINT_KEY = "checkpoint_path"
+PICKER_KEY = "checkpoint_picker"
+SWITCH_KEY = "checkpoint_switch"
+ROUTED_KEY = "routed_images"  # image hash -> the routing notice, once per image
+
+
+def switch_checkpoint(path: Path | str, image_hash: str, notice: str) -> None:
+    """Review this image with another checkpoint: remember the one-line notice and rerun with it picked."""
+    st.session_state[SWITCH_KEY] = str(path)
+    st.session_state.setdefault(ROUTED_KEY, {})[image_hash] = (str(path), notice)
+    st.rerun()
+
+
+def routed(image_hash: str) -> tuple[str, str] | None:
+    """(checkpoint path, notice) of an earlier automatic switch for this image, if any: an image is routed
+    only once, so a user who then picks another model keeps it."""
+    return st.session_state.get(ROUTED_KEY, {}).get(image_hash)
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
@@ -43,10 +59,15 @@ def sidebar_checkpoint_picker() -> review.CheckpointEntry | None:
     chosen = None
     if valid:
         paths = [str(e.path) for e in valid]
+        switch = st.session_state.pop(SWITCH_KEY, None)
+        if switch in paths:  # a page asked for another checkpoint (the image fits it): set before the widget
+            st.session_state[PICKER_KEY] = switch
         current = st.session_state.get(CHECKPOINT_KEY)
         index = paths.index(current) if current in paths else 0
+        # a value already in session state is the widget's; a default index beside it would be ignored with a warning
+        default = {} if st.session_state.get(PICKER_KEY) in paths else {"index": index}
         picked = st.sidebar.selectbox(
-            "Model", paths, index=index, format_func=lambda p: valid[paths.index(p)].label, key="checkpoint_picker"
+            "Model", paths, format_func=lambda p: valid[paths.index(p)].label, key=PICKER_KEY, **default
         )
         st.session_state[CHECKPOINT_KEY] = picked
         chosen = valid[paths.index(picked)]

@@ -27,7 +27,7 @@ upload = left.file_uploader(
     help=f"Up to {review.MAX_UPLOAD_MB} MB and {review.MAX_PIXELS // 1_000_000} megapixels. "
     "Nothing is stored: the image stays in this browser session's memory only.",
 )
-samples = review.list_samples()
+samples = review.samples_for(review.list_samples(), checkpoint.path)
 sample = right.selectbox(
     "... or try a bundled sample",
     samples,
@@ -58,6 +58,22 @@ if S.get("loaded_hash") != data_hash:
 loaded = S["loaded"]
 if source != "upload":
     st.caption(f"Sample image, {source}.")
+
+# ------------------------------------------------------------------------- is this the right model
+entry = ui.current_entry()
+earlier = ui.routed(data_hash)
+if earlier is None and entry is not None:
+    routing = review.route(loaded, entry, ui.checkpoint_entries())
+    if routing.switched:
+        ui.switch_checkpoint(routing.path, data_hash, routing.notice)
+if earlier is not None and earlier[0] == str(checkpoint.path):
+    st.info(earlier[1], icon=":material/swap_horiz:")
+fit = review.task_fit(loaded, checkpoint.card.get("accepts"))
+if not fit.fits:
+    st.error(f"**This image is not what this model was made for:** {fit.reason}. Its answer would mean nothing.",
+             icon=":material/report:")
+    if not st.toggle("Show the model's answer anyway (not valid for this image)", key=f"force:{data_hash}"):
+        st.stop()
 
 # -------------------------------------------------------------------------------- sidebar: image
 window: Window | None = None
@@ -90,8 +106,13 @@ key = review.image_key(data_hash, window)
 case = review.cached_case(S, data_hash, window, checkpoint, shown)
 prediction = case.prediction
 probability = review.probability(prediction)
-st.subheader(f"Prediction: {prediction.class_name}, {probability * 100:.1f}%")
+invalid = "" if case.fit.fits else "NOT VALID FOR THIS IMAGE: "
+st.subheader(f"{invalid}Prediction: {prediction.class_name}, {probability * 100:.1f}%")
 st.progress(probability, text=review.probability_text(prediction, checkpoint.classes))
+st.caption(review.decision_text(checkpoint))
+if case.ood.flagged:
+    st.warning(f"**{review.ood.WARNING}** Score {case.ood.score:.3g} against a threshold of "
+               f"{case.ood.threshold:.3g}.", icon=":material/warning:")
 
 st.markdown("**Why: this looks like that.** The prototypes that add most to the predicted class's score.")
 st.dataframe(review.summarise_rows(prediction, checkpoint), hide_index=True, width="stretch")

@@ -85,9 +85,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="assets/checkpoints", type=Path, help="folder of the checkpoint folders")
     p.add_argument("--samples", default="assets/samples", type=Path, help="folder of the app's sample inputs")
     p.add_argument("--only", choices=("ichallenge-pm", "rsna-pneumonia", "samples", "prototype-mdm",
-                                      "sample-explanations"),
+                                      "sample-explanations", "checks"),
                    help="build just one part; prototype-mdm and sample-explanations redo only the MDM results of "
-                   "the existing checkpoints and samples")
+                   "the existing checkpoints and samples; checks rewrites the cards' accepts and OOD quantiles")
     p.add_argument("--palm", default=SHARED / "palm-training400-224", type=Path, help="PALM training images")
     p.add_argument("--rsna-data", default=RSNA_REAL, type=Path, help="RSNA folder (real radiographs)")
     p.add_argument("--kermany", default=KERMANY, type=Path, help="pretraining corpus of the chest backbone")
@@ -227,6 +227,7 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
     card["demo_plan"] = dataclasses.asdict(plan)
     card["prototype_mdm"] = prototype_mdm_record(profile, mdm_seconds)
     card["prototype_sources"] = distinct_source_counts(ckpt)
+    card["ood"] = ood_record(ckpt.model, train_ds, val_ds)
     card["build_seconds"] = round(time.perf_counter() - t_start, 1)
     images = [ckpt.prototype_image(i) for i in range(len(ckpt.prototypes))]
     for name in ("model.safetensors", "card.json"):
@@ -239,6 +240,38 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
     return card
 
 
+def ood_record(model, train_ds, val_ds) -> dict:
+    """The card's out-of-distribution record: the score's quantiles over the training and validation images."""
+    from dprotonet_core import ood
+
+    def scores(dataset):
+        return ood.score_images(model, torch.stack([dataset[i][0] for i in range(len(dataset))]))
+
+    return ood.card_record(scores(train_ds), scores(val_ds))
+
+
+def refresh_card_checks(folder: Path, plan: DemoPlan, data_root: Path, accepts: dict) -> dict:
+    """Write `accepts` and the OOD quantiles into an existing checkpoint's card; weights and everything else in
+    the folder stay as they are (the card's sha256 covers the weights, which do not change)."""
+    from dprotonet_core.checkpoint import CARD_FILE, load_checkpoint
+    from dprotonet_core.data.registry import load_dataset
+
+    ck = load_checkpoint(folder)
+    split = {"seed": plan.seed, "val_fraction": plan.val_fraction, "test_fraction": plan.test_fraction}
+    train_ds, val_ds = (load_dataset(plan.dataset, data_root, s, ck.model.config.input_size, transform=None, **split)
+                        for s in ("train", "val"))
+    expected = ck.card.get("training_data", {}).get("split", {}).get("val_ids")
+    if expected and sorted(map(str, expected)) != sorted(map(str, val_ds.ids)):
+        raise RuntimeError(f"{folder}: the plan's validation split is not the card's; refusing to measure on it")
+    full = json.loads((folder / CARD_FILE).read_text())
+    full["accepts"] = accepts
+    full["ood"] = ood_record(ck.model, train_ds, val_ds)
+    (folder / CARD_FILE).write_text(json.dumps(full, indent=2))
+    load_checkpoint(folder)  # still verifies
+    print(json.dumps({"checkpoint": str(folder), "ood": full["ood"]["threshold"]}), flush=True)
+    return full
+
+
 def distinct_source_counts(ckpt) -> dict:
     """Per class: prototypes, and how many distinct source images they were projected from."""
     out = {}
@@ -248,8 +281,15 @@ def distinct_source_counts(ckpt) -> dict:
     return out
 
 
+PALM_ACCEPTS = {"what": "colour fundus photograph", "modalities": ["OP", "XC", "OT"], "body_parts": ["EYE"],
+                "colour": "colour"}
+RSNA_ACCEPTS = {"what": "frontal chest radiograph", "modalities": ["CR", "DX"], "body_parts": ["CHEST"],
+                "colour": "grey"}
+
+
 def palm_card() -> dict:
     return {
+        "accepts": PALM_ACCEPTS,
         "name": "iChallenge-PM (PALM) demo",
         "task": "pathologic myopia (PM) vs. not, from colour fundus photographs",
         "synthetic": False,
@@ -268,6 +308,7 @@ def rsna_card() -> dict:
     from dprotonet_core.data.kermany import CREDIT as KERMANY_CREDIT
 
     return {
+        "accepts": RSNA_ACCEPTS,
         "name": "RSNA pneumonia (real radiographs)",
         "task": "pneumonia (lung opacity) vs. not, from frontal chest radiographs of adults",
         "synthetic": False,
@@ -407,6 +448,11 @@ def run(args: argparse.Namespace) -> int:
         palm_test = load_dataset("ichallenge-pm", args.palm, "test", 224, **split)
         rsna_test = load_dataset("rsna", args.rsna_data, "test", 224, transform=None, **RSNA_SPLIT)
         write_samples(args.samples, args.palm, _pick(palm_test, 2), rsna_test, RSNA_HEADERS)
+    if args.only == "checks":
+        for name, root, accepts in (("ichallenge-pm", args.palm, PALM_ACCEPTS),
+                                    ("rsna-pneumonia", args.rsna_data, RSNA_ACCEPTS)):
+            if (args.out / name / "card.json").is_file():
+                refresh_card_checks(args.out / name, plans[name], root, accepts)
     if args.only == "prototype-mdm":
         for name in SAMPLE_CHECKPOINTS.values():
             if (args.out / name / "card.json").is_file():

@@ -1,8 +1,11 @@
-"""`predict --checkpoint DIR FILE...`: one JSON object per line and file.
+"""`predict --checkpoint DIR|auto FILE...`: one JSON object per line and file.
 
-{"file", "prediction", "class_index", "probabilities", "top_prototypes"} for a readable image;
-{"file", "error"} with a one-line message otherwise (the other files still run). Exit code 2
-when any file failed, 1 when the checkpoint cannot be loaded, else 0.
+{"file", "checkpoint", "prediction", "class_index", "probabilities", "decision", "task_fit", "ood",
+"top_prototypes"} for a readable image; {"file", "error"} with a one-line message otherwise (the other files
+still run). `task_fit` says whether the file is what the checkpoint's card accepts (DICOM modality / body part,
+colour); `ood` whether the model finds the image unlike its own validation images. With `--checkpoint auto`
+each file goes to the first bundled checkpoint it fits ({"file", "error"} when none does). Exit code 2 when any
+file failed, 1 when a checkpoint cannot be loaded, else 0.
 """
 
 from __future__ import annotations
@@ -11,22 +14,25 @@ import argparse
 import json
 import sys
 
+AUTO = "auto"
+
 
 def register(subparsers) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "predict", help="classify image files with a checkpoint; JSON lines out",
         description=__doc__.splitlines()[0],
     )
-    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--checkpoint", required=True, metavar="DIR|auto",
+                   help="checkpoint folder, or 'auto': the bundled checkpoint each file fits")
     p.add_argument("files", nargs="+", metavar="FILE", help="DICOM, PNG, JPEG or TIFF")
     p.add_argument("--top-k", type=int, default=5, help="prototypes listed per image")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=run)
 
 
-def _read(path: str, size: int):
-    """(model input, None) or (None, one-line error)."""
-    from dprotonet_core.data.io import ImageReadError, read_image, to_model_input
+def _read(path: str):
+    """(LoadedImage, None) or (None, one-line error)."""
+    from dprotonet_core.data.io import ImageReadError, read_image
 
     try:
         with open(path, "rb") as f:
@@ -34,31 +40,75 @@ def _read(path: str, size: int):
     except OSError as exc:
         return None, f"cannot open the file ({exc.strerror or exc})."
     try:
-        return to_model_input(read_image(data), size), None
+        return read_image(data), None
     except ImageReadError as exc:
         return None, str(exc)
+
+
+def _bundled() -> list:
+    """(folder, card) of the bundled checkpoints that exist, in the app's order."""
+    from dprotonet_core.checkpoint import read_card
+    from dprotonet_core.review import BUNDLED_CHECKPOINTS, DEFAULT_MODELS_DIR
+
+    out = []
+    for name in BUNDLED_CHECKPOINTS:
+        folder = DEFAULT_MODELS_DIR / name
+        if (folder / "card.json").is_file():
+            out.append((str(folder), read_card(folder)))
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from dprotonet_core import ood
     from dprotonet_core.checkpoint import CheckpointError, load_checkpoint
+    from dprotonet_core.data.io import to_model_input
     from dprotonet_core.inference import predict
+    from dprotonet_core.task_fit import first_fitting, task_fit
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        ckpt = load_checkpoint(args.checkpoint)
-    except CheckpointError as exc:
-        print(f"error: checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
-        return 1
+    loaded_checkpoints: dict[str, object] = {}
+
+    def checkpoint(folder: str):
+        if folder not in loaded_checkpoints:
+            loaded_checkpoints[folder] = load_checkpoint(folder)
+        return loaded_checkpoints[folder]
+
+    candidates = _bundled() if args.checkpoint == AUTO else []
+    if args.checkpoint != AUTO:
+        try:
+            checkpoint(args.checkpoint)
+        except CheckpointError as exc:
+            print(f"error: checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
+            return 1
     failed = False
     for path in args.files:
-        x, error = _read(path, ckpt.model.config.input_size)
+        image, error = _read(path)
+        folder = args.checkpoint
+        if error is None and args.checkpoint == AUTO:
+            folder = first_fitting(image, candidates)
+            if folder is None:
+                error = "no bundled checkpoint is made for this image (" + "; ".join(
+                    task_fit(image, card.get("accepts")).reason for _, card in candidates) + ")"
         if error is not None:
             failed = True
             print(json.dumps({"file": path, "error": error}), flush=True)
             continue
-        result = predict(ckpt.model, x, ckpt.classes, ckpt.decision_threshold)
-        print(json.dumps({"file": path, **result.to_json(args.top_k)}), flush=True)
+        try:
+            ckpt = checkpoint(folder)
+        except CheckpointError as exc:
+            print(f"error: checkpoint {folder}: {exc}", file=sys.stderr)
+            return 1
+        result = predict(ckpt.model, to_model_input(image, ckpt.model.config.input_size), ckpt.classes,
+                         ckpt.decision_threshold)
+        fit = task_fit(image, ckpt.card.get("accepts"))
+        check = ood.check(result.ood_score, ckpt.card.get("ood"))
+        fields = result.to_json(args.top_k)
+        top = fields.pop("top_prototypes")
+        decision = ("argmax of eq. 3" if ckpt.decision_threshold is None else
+                    f"{ckpt.classes[1]} when p({ckpt.classes[1]}) >= {ckpt.decision_threshold:g}")
+        print(json.dumps({"file": path, "checkpoint": str(folder), **fields, "decision": decision,
+                          "task_fit": fit.to_json(), "ood": check.to_json(), "top_prototypes": top}), flush=True)
     return 2 if failed else 0

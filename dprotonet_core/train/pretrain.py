@@ -71,7 +71,7 @@ def predict_scores(model: torch.nn.Module, dataset: Dataset, batch_size: int = 6
 def pretrain_backbone(train_ds: Dataset, val_ds: Dataset | None, cfg: PretrainConfig, augment: Transform,
                       out_file: Path | None, record: dict | None = None, progress: bool = True,
                       init_weights: str | Path | None = None) -> dict:
-    """Train f_b + GAP + linear on (train_ds, augmented), keep the epoch with the best validation ROC AUC, and
+    """Train f_b + GAP + linear on (train_ds, augmented), keep the last epoch's weights, and
     write f_b's weights to `out_file` (safetensors) and the recipe and figures to `out_file` + ".json"
     (`out_file` None: only the report is returned). `init_weights`: a local backbone file to start from."""
     from safetensors.torch import save_file
@@ -117,9 +117,10 @@ def pretrain_backbone(train_ds: Dataset, val_ds: Dataset | None, cfg: PretrainCo
             entry["val_accuracy"] = float(((scores >= 0.5) == y_val).mean())
         history.append(entry)
         print(json.dumps(entry), file=sys.stderr, flush=True)
-        if best is None or entry.get("val_auc", epoch) >= best.get("val_auc", -1):
-            best = entry
-            best_state = {k: v.detach().clone().contiguous() for k, v in net.backbone.state_dict().items()}
+        # The last epoch is kept (the one-cycle schedule has annealed there): on the pretraining corpus the
+        # validation AUC saturates near 1 within an epoch, so it cannot tell which features transfer best.
+        best = entry
+        best_state = {k: v.detach().clone().contiguous() for k, v in net.backbone.state_dict().items()}
     report = {
         "backbone": cfg.backbone,
         "recipe": asdict(cfg),
@@ -127,7 +128,7 @@ def pretrain_backbone(train_ds: Dataset, val_ds: Dataset | None, cfg: PretrainCo
         "train_images": len(train_ds),
         "val_images": len(val_ds) if val_ds is not None else 0,
         "selected_epoch": best["epoch"] if best else None,
-        "selected_on": "validation ROC AUC (patient-grouped split of the pretraining corpus)",
+        "selected_on": "the last epoch (validation ROC AUC, patient-grouped split, reported per epoch)",
         "val_auc": best.get("val_auc") if best else None,
         "history": history,
         "bf16_autocast": bf16,
