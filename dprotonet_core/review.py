@@ -39,7 +39,7 @@ from dprotonet_core.checkpoint import Checkpoint, CheckpointError, find_checkpoi
 from dprotonet_core.config import DEFAULT_MDM_PROFILE, OverlayConfig
 from dprotonet_core.data import io as image_io
 from dprotonet_core.data.io import ImageReadError, LoadedImage, Window
-from dprotonet_core.evaluate.metrics import wilson_interval
+from dprotonet_core.evaluate.metrics import auc_interval, wilson_interval
 from dprotonet_core.inference import Prediction
 from dprotonet_core.ood import OODCheck
 from dprotonet_core.task_fit import TaskFit, first_fitting, task_fit
@@ -206,7 +206,18 @@ def checkpoint_summary(card: dict) -> dict[str, Any]:
         "synthetic": bool(card.get("synthetic", False)),
         "backbone": (card.get("model_config") or {}).get("backbone", "?"),
         "input_size": (card.get("model_config") or {}).get("input_size", "?"),
+        "credit": data_credit(card),
     }
+
+
+def data_credit(card: dict) -> str:
+    """Who made the data a checkpoint learned from (training and pretraining), as the card credits it."""
+    training = card.get("training_data") if isinstance(card.get("training_data"), dict) else {}
+    credits = [str(training.get("credit") or "").strip()]
+    pretraining = training.get("pretraining") if isinstance(training.get("pretraining"), dict) else {}
+    if pretraining.get("credit"):
+        credits.append(f"backbone pretrained on {pretraining['credit']}")
+    return "; ".join(c for c in credits if c)
 
 
 def checkpoint_id(checkpoint: Checkpoint) -> str:
@@ -294,6 +305,7 @@ class Sample:
     dataset: str
     credit: str
     path: Path
+    boxes: tuple[tuple[float, float, float, float], ...] = ()  # true boxes (x, y, w, h) in the file's pixels
 
     @property
     def title(self) -> str:
@@ -328,6 +340,7 @@ def list_samples(folder: Path | None = None) -> list[Sample]:
                         dataset=(row.get("dataset") or "").strip(),
                         credit=(row.get("credit") or "").strip(),
                         path=path,
+                        boxes=_sample_boxes(row.get("boxes")),
                     )
                 )
     except (OSError, csv.Error, UnicodeDecodeError):
@@ -371,6 +384,22 @@ def samples_for(samples: list[Sample], checkpoint_path: Path) -> list[Sample]:
     none belong to it."""
     own = [s for s in samples if s.dataset == checkpoint_path.name]
     return own or samples
+
+
+def _sample_boxes(text: str | None) -> tuple[tuple[float, float, float, float], ...]:
+    """samples.csv's boxes column: a JSON list of [x, y, w, h]; anything malformed gives no boxes."""
+    try:
+        boxes = json.loads(text or "[]")
+        return tuple((float(x), float(y), float(w), float(h)) for x, y, w, h in boxes)
+    except (ValueError, TypeError):
+        return ()
+
+
+def display_boxes(boxes, image_size: tuple[int, int], size: int = DISPLAY_SIZE) -> list[tuple[float, ...]]:
+    """Boxes (x, y, w, h) in pixels of an image of `image_size` (h, w) as (x0, y0, x1, y1) in the square panes."""
+    h, w = image_size
+    sx, sy = size / w, size / h
+    return [(x * sx, y * sy, (x + bw) * sx, (y + bh) * sy) for x, y, bw, bh in boxes]
 
 
 # ------------------------------------------------------------------------------------- prediction
@@ -785,6 +814,7 @@ def panes_figure(
     titles: tuple[str, str],
     settings: DisplaySettings,
     height: int = 540,
+    truth_boxes: Iterable[tuple[float, ...]] = (),
 ) -> dict[str, Any]:
     """A plotly figure (as a dict) with two image panes whose axes are linked: zoom or pan one and the
     other follows. Both panes use the same square frame (the model's input, scaled to the display size).
@@ -825,6 +855,10 @@ def panes_figure(
              "xanchor": "center", "yanchor": "bottom", "showarrow": False, "font": {"size": 15}},
         ],
     }
+    shapes = [{"type": "rect", "xref": "x", "yref": "y", "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+               "line": {"color": "#00e676", "width": 2, "dash": "dash"}} for x0, y0, x1, y1 in truth_boxes]
+    if shapes:
+        layout["shapes"] = shapes
     return {"data": data, "layout": layout}
 
 
@@ -840,16 +874,19 @@ class RenderedCase:
 
 
 def render_case(
-    case: Case, checkpoint: Checkpoint, explanation: Explanation, settings: DisplaySettings
+    case: Case, checkpoint: Checkpoint, explanation: Explanation, settings: DisplaySettings,
+    truth_boxes: Iterable[tuple[float, ...]] = (),
 ) -> RenderedCase:
-    """Render the query and the matched prototype's source image with their CAMs (no model call)."""
+    """Render the query and the matched prototype's source image with their CAMs (no model call); `truth_boxes`
+    (x0, y0, x1, y1 in pane pixels, `display_boxes`) are drawn dashed on the query pane."""
+    truth_boxes = list(truth_boxes)
     query = render_pane(case.display, explanation.query_stack, settings)
     proto = render_pane(checkpoint.prototype_image(explanation.prototype), explanation.prototype_stack, settings)
     record = checkpoint.prototypes[explanation.prototype] if checkpoint.prototypes else None
     proto_title = f"Prototype #{explanation.prototype}"
     if record is not None:
         proto_title += f" ({record.class_name}), learned from {record.source_id}"
-    figure = panes_figure(query.image, proto.image, ("Your image", proto_title), settings)
+    figure = panes_figure(query.image, proto.image, ("Your image", proto_title), settings, truth_boxes=truth_boxes)
     size = checkpoint.model.config.input_size
     caption = (
         f"Both images are shown square, as the model sees them ({size} x {size} input); zoom or pan one and the "
@@ -860,6 +897,7 @@ def render_case(
             if explanation.precomputed
             else "."
         )
+        + (" Dashed green: the sample's true box(es) from the dataset's labels." if truth_boxes else "")
     )
     notes = []
     for name, pane in (("your image", query), ("the prototype", proto)):
@@ -1232,8 +1270,9 @@ def _percent(value: Any) -> str | None:
 
 
 PERFORMANCE_CAPTION = (
-    "The held-out test split was never used for training or model selection. The 95% interval (Wilson) is "
-    "the range of accuracies a test set of that size cannot tell apart."
+    "The held-out test split was never used for training, model selection or choosing the threshold. The 95% "
+    "interval (Wilson for proportions, Hanley & McNeil for ROC AUC) is the range a test set of that size cannot "
+    "tell apart."
 )
 
 
@@ -1258,11 +1297,41 @@ def performance_rows(card: dict) -> list[dict[str, str]]:
             interval = f"{100 * low:.1f}% to {100 * high:.1f}%"
         rows.append({"Measure": measure, "Value": text, "95% interval": interval, "Measured on": on})
 
-    add("Accuracy", m.get("test_accuracy"), test_on, n_test)
-    add("Sensitivity (recall of the positive class)", m.get("test_sensitivity"), test_on)
-    add("Specificity", m.get("test_specificity"), test_on)
+    def add_auc(measure: str, value: Any, on: str, positives: Any, negatives: Any) -> None:
+        if not isinstance(value, (int, float)) or value != value:
+            return
+        interval = ""
+        if isinstance(positives, int) and isinstance(negatives, int) and positives > 0 and negatives > 0:
+            low, high = auc_interval(float(value), positives, negatives)
+            interval = f"{low:.3f} to {high:.3f}"
+        rows.append({"Measure": measure, "Value": f"{value:.3f}", "95% interval": interval, "Measured on": on})
+
+    n_pos = m.get("test_positives")
+    n_neg = n_test - n_pos if isinstance(n_test, int) and isinstance(n_pos, int) else None
+    threshold = (card.get("decision_threshold") or {}).get("value")
+    at = f"; answer at p({card['classes'][1]}) >= {threshold:.3f}" if threshold is not None else ""
+    add("Accuracy", m.get("test_accuracy"), test_on + at, n_test)
+    add("Sensitivity (recall of the positive class)", m.get("test_sensitivity"), test_on + at, n_pos)
+    add("Specificity", m.get("test_specificity"), test_on + at, n_neg)
+    add_auc("ROC AUC", m.get("test_roc_auc"), test_on, n_pos, n_neg)
+    for view, fig in sorted((m.get("test_by_view") or {}).items()):
+        if not isinstance(fig, dict):
+            continue
+        on = f"{view} films of the test split ({fig.get('images')} images, {fig.get('positives')} positive){at}"
+        v_pos, v_n = fig.get("positives"), fig.get("images")
+        v_neg = v_n - v_pos if isinstance(v_n, int) and isinstance(v_pos, int) else None
+        add(f"{view} view: accuracy", fig.get("accuracy"), on, v_n)
+        add(f"{view} view: sensitivity", fig.get("sensitivity"), on, v_pos)
+        add_auc(f"{view} view: ROC AUC", fig.get("roc_auc"), on, v_pos, v_neg)
+    argmax = m.get("test_at_argmax") if isinstance(m.get("test_at_argmax"), dict) else {}
+    add("Accuracy at the paper's argmax (eq. 3)", argmax.get("accuracy"), test_on + "; p >= 0.5", n_test)
+    add("Sensitivity at the paper's argmax (eq. 3)", argmax.get("sensitivity"), test_on + "; p >= 0.5", n_pos)
+    b_at = (f"; its own threshold {m['baseline_decision_threshold']:.3f}" if m.get("baseline_decision_threshold")
+            is not None else "")
     add("Backbone-only classifier, accuracy (Table 3)", m.get("baseline_test_accuracy"),
-        test_on + "; same backbone and epochs, no prototypes", n_test)
+        test_on + "; same backbone and epochs, no prototypes" + b_at, n_test)
+    add_auc("Backbone-only classifier, ROC AUC (Table 3)", m.get("baseline_test_roc_auc"),
+            test_on + "; same backbone and epochs, no prototypes", n_pos, n_neg)
     table4 = m.get("table4_test_accuracy") if isinstance(m.get("table4_test_accuracy"), dict) else {}
     def views(key: Any) -> str:  # "R=40" -> "40"
         return str(key).split("=")[-1]
@@ -1270,7 +1339,7 @@ def performance_rows(card: dict) -> list[dict[str, str]]:
     for key, value in sorted(table4.items(), key=lambda kv: (not views(kv[0]).isdigit(), views(kv[0]).zfill(9))):
         r = views(key)
         kind = "single-image" if r == "1" else "multi-image"
-        add(f"Accuracy after {kind} projection, R = {r} (Table 4)", value, test_on, n_test)
+        add(f"Accuracy after {kind} projection, R = {r} (Table 4)", value, test_on + at, n_test)
     add("Accuracy", m.get("val_accuracy"), val_on, n_val)
     add("Backbone-only classifier, accuracy (Table 3)", m.get("baseline_val_accuracy"), val_on, n_val)
     change = m.get("fp16_accuracy_change")

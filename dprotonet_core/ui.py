@@ -77,6 +77,8 @@ def sidebar_checkpoint_picker() -> review.CheckpointEntry | None:
             f"**Classes:** {', '.join(summary['classes'])}  \n"
             f"**Trained on:** {summary['trained_on']}"
         )
+        if summary["credit"]:
+            st.sidebar.caption(f"Data: {summary['credit']}")
     else:
         st.session_state.pop(CHECKPOINT_KEY, None)
         st.sidebar.warning(

@@ -37,6 +37,7 @@ sample = right.selectbox(
     key="sample",
     disabled=not samples,
 )
+from_sample = upload is None and sample is not None
 if upload is not None:
     data, source = upload.getvalue(), "upload"
 elif sample is not None:
@@ -156,7 +157,8 @@ def panes(explanation: review.Explanation) -> None:
     view = c[3].radio("View", list(review.VIEWS), format_func=review.VIEWS.get, horizontal=True, key="view")
     colormap = c[4].selectbox("Colormap", review.COLORMAPS, key="colormap")
     settings = review.DisplaySettings(gamma=gamma, alpha=alpha, beta=beta, view=view, colormap=colormap)
-    rendered = review.render_case(case, checkpoint, explanation, settings)
+    truth = review.display_boxes(sample.boxes, (loaded.height, loaded.width)) if from_sample else []
+    rendered = review.render_case(case, checkpoint, explanation, settings, truth)
     st.plotly_chart(rendered.figure, key="panes", width="stretch",
                     config={"displaylogo": False, "scrollZoom": True, "modeBarButtonsToRemove": ["toImage"]})
     st.caption(rendered.caption)

@@ -128,6 +128,19 @@ def choose_threshold(y_true: np.ndarray, scores: np.ndarray, rule: str = "youden
     return (best_value + float(lower.max())) / 2 if lower.size else best_value
 
 
+def auc_interval(auc: float, positives: int, negatives: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% interval of a ROC AUC measured on `positives` and `negatives` images, by Hanley & McNeil's
+    standard error (Radiology 1982): SE^2 = (A(1-A) + (n1-1)(Q1-A^2) + (n0-1)(Q2-A^2)) / (n1 n0),
+    Q1 = A / (2 - A), Q2 = 2A^2 / (1 + A); clipped to [0, 1]."""
+    if positives < 1 or negatives < 1 or not 0.0 <= auc <= 1.0:
+        raise ValueError("an AUC interval needs both classes and an AUC in [0, 1]")
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)) / (
+        positives * negatives)
+    half = z * math.sqrt(max(variance, 0.0))
+    return max(0.0, auc - half), min(1.0, auc + half)
+
+
 # --- localisation -----------------------------------------------------------------------------
 
 

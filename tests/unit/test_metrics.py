@@ -219,3 +219,16 @@ def test_choose_threshold_by_hand() -> None:
     assert choose_threshold(y, scores, "accuracy") == pytest.approx(0.75)
     with pytest.raises(ValueError, match="both classes"):
         choose_threshold(np.ones(3), np.ones(3))
+
+
+def test_auc_interval_hanley_mcneil_by_hand() -> None:
+    from dprotonet_core.evaluate.metrics import auc_interval
+
+    # A = 0.8, 60 positives, 180 negatives: Q1 = 0.8 / 1.2 = 0.6667, Q2 = 1.28 / 1.8 = 0.7111
+    # SE^2 = (0.16 + 59 * 0.02667 + 179 * 0.07111) / 10800 = (0.16 + 1.5733 + 12.7289) / 10800 = 0.0013391
+    low, high = auc_interval(0.8, 60, 180)
+    half = 1.959964 * 0.0013391 ** 0.5
+    assert (low, high) == pytest.approx((0.8 - half, 0.8 + half), abs=2e-4)
+    assert auc_interval(1.0, 5, 5) == (1.0, 1.0)
+    with pytest.raises(ValueError):
+        auc_interval(0.7, 0, 10)
