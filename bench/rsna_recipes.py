@@ -31,23 +31,34 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--recipes", nargs="+", default=["scratch:1e-3", "pretrained:3e-4", "pretrained:1e-3"])
+    parser.add_argument("--recipes", nargs="+",
+                        default=["scratch:1e-3", "pretrained:3e-4", "pretrained:1e-3", "pretrained:3e-4@320"],
+                        help="start:lr[@size]")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_info())
-    train_ds, val_ds = (load_dataset("rsna", args.data, s, args.size, transform=None, **RSNA_SPLIT)
-                        for s in ("train", "val"))
-    for ds in (train_ds, val_ds):
-        for i in range(len(ds)):
-            ds.image(i)
-    print(f"rsna train {len(train_ds)} / val {len(val_ds)} images at {args.size} px; {args.epochs} epochs each")
+    datasets: dict[int, tuple] = {}
+
+    def splits(size: int):
+        if size not in datasets:
+            datasets[size] = tuple(load_dataset("rsna", args.data, s, size, transform=None, **RSNA_SPLIT)
+                                   for s in ("train", "val"))
+            for ds in datasets[size]:
+                for i in range(len(ds)):
+                    ds.image(i)
+        return datasets[size]
+
+    print(f"rsna train / val split of make-demo's plan; {args.epochs} epochs each; the test split is not read")
     rows = []
     for recipe in args.recipes:
-        start, lr = recipe.split(":")
-        cfg = PretrainConfig(input_size=args.size, epochs=args.epochs, batch_size=32, lr=float(lr),
+        start, rest = recipe.split(":")
+        lr, _, size = rest.partition("@")
+        size = int(size or args.size)
+        train_ds, val_ds = splits(size)
+        cfg = PretrainConfig(input_size=size, epochs=args.epochs, batch_size=32, lr=float(lr),
                              label_smoothing=0.0)
         t0 = time.perf_counter()
-        report = pretrain_backbone(train_ds, val_ds, cfg, train_transform(args.size, hflip=False), None,
+        report = pretrain_backbone(train_ds, val_ds, cfg, train_transform(size, hflip=False), None,
                                    progress=False, init_weights=args.weights if start == "pretrained" else None)
         aucs = [h["val_auc"] for h in report["history"]]
         rows.append((recipe, max(aucs), aucs.index(max(aucs)) + 1, sum(aucs[-3:]) / 3, time.perf_counter() - t0))

@@ -51,3 +51,71 @@ def test_build_measures_test_and_baseline_and_replaces_the_old_release(tmp_path)
     shipped = load_checkpoint(out)  # verifies every hash; no pickle
     assert shipped.card["metrics"]["baseline_test_accuracy"] == metrics["baseline_test_accuracy"]
     assert shipped.classes == ["non-PM", "PM"] and not (out / "resume").exists()
+
+
+def _rsna_like(root, n: int = 48) -> None:
+    """A tiny RSNA folder in the JPEG layout: positives carry a bright box, views alternate."""
+    images = root / "stage_2_train_images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    labels, meta = ["patientId,x,y,width,height,Target"], ["patientId,Target,ViewPosition"]
+    for i in range(n):
+        pid = f"{i:08d}-aaaa-bbbb-cccc-000000000000"
+        target = int(i % 4 == 0)
+        pixels = rng.integers(0, 80, (48, 48)).astype(np.uint8)
+        if target:
+            pixels[10:30, 8:24] += 150
+        Image.fromarray(pixels).save(images / f"{pid}.jpg")
+        labels.append(f"{pid},170,213,341,427,1" if target else f"{pid},,,,,0")
+        meta.append(f"{pid},{target},{'AP' if i % 2 else 'PA'}")
+    (root / "stage_2_train_labels.csv").write_text("\n".join(labels) + "\n")
+    (root / "metadata.csv").write_text("\n".join(meta) + "\n")
+
+
+def test_rsna_plan_on_tiny_real_layout(tmp_path):
+    """The RSNA plan's parts on a tiny JPEG-layout set: a pretrained backbone file, class weights, selection on
+    validation AUC, the validation threshold used on the test split, per-view figures, distinct prototype
+    sources, the OOD quantiles and `accepts` in the card, and DICOM samples with their boxes."""
+    from dprotonet_core.data.registry import load_dataset
+    from dprotonet_core.data.transforms import train_transform
+    from dprotonet_core.review import list_samples
+    from dprotonet_core.train.pretrain import PretrainConfig, pretrain_backbone
+
+    data = tmp_path / "rsna"
+    _rsna_like(data)
+    split = {"seed": 0, "val_fraction": 0.25, "test_fraction": 0.25}
+    pre_train = load_dataset("rsna", data, "train", 32, transform=None, **split)
+    weights = tmp_path / "backbone.safetensors"
+    report = pretrain_backbone(pre_train, None, PretrainConfig(backbone="tiny_cnn", input_size=32, epochs=1,
+                                                               batch_size=8), train_transform(32, hflip=False),
+                               weights, progress=False)
+    assert weights.is_file() and json.loads((tmp_path / "backbone.safetensors.json").read_text())["recipe"]
+    assert report["selected_epoch"] == 1
+
+    plan = make_demo.DemoPlan("rsna-pneumonia", "rsna", backbone="tiny_cnn", input_size=32, epochs=2, batch_size=8,
+                              views=2, val_fraction=0.25, test_fraction=0.25, backbone_weights=str(weights),
+                              lr_backbone=3e-4, class_weights="balanced", select_on="auc", threshold_rule="youden")
+    out = tmp_path / "checkpoints" / "rsna-pneumonia"
+    card = make_demo.build(plan, data, out, make_demo.rsna_card(), threads=1, profile="fast")
+    metrics = card["metrics"]
+    assert card["accepts"]["modalities"] == ["CR", "DX"] and card["synthetic"] is False
+    assert 0.0 <= card["decision_threshold"]["value"] <= 1.0 and "validation" in card["decision_threshold"]["chosen_on"]
+    assert card["loss_config"]["class_weights"][1] > card["loss_config"]["class_weights"][0]  # positives are rarer
+    assert metrics["selected_on"] == "validation ROC AUC" and metrics["val_auc"] is not None
+    assert set(metrics["test_by_view"]) == {"AP", "PA"} and metrics["test_images"] == 12
+    assert "accuracy" in metrics["test_at_argmax"] and card["backbone_weights"] == "backbone.safetensors"
+    for counts in card["prototype_sources"].values():
+        assert counts["distinct_source_images"] == counts["prototypes"]
+    assert card["ood"]["threshold"] == card["ood"]["validation_quantiles"]["q99"]
+    shipped = load_checkpoint(out)
+    assert shipped.decision_threshold == card["decision_threshold"]["value"]
+
+    samples = tmp_path / "samples"
+    rsna_test = load_dataset("rsna", data, "test", 32, transform=None, **split)
+    make_demo.write_samples(samples, tmp_path, [], rsna_test, tmp_path / "no-headers.csv.gz")
+    listed = list_samples(samples)
+    assert {s.file.rsplit(".", 1)[1] for s in listed} == {"dcm", "jpg"}
+    positives = [s for s in listed if s.label == "pneumonia"]
+    assert positives and all(s.boxes for s in positives)
+    x, y, w, h = positives[0].boxes[0]
+    assert (x, y, w, h) == (8.0, 10.0, 16.0, 20.0)  # 170/1024*48, ... in the 48 px file's own frame

@@ -1,0 +1,97 @@
+"""The right model for each image, on the bundled checkpoints (AppTest): a chest DICOM uploaded while the fundus
+model is selected is reviewed with the RSNA model and the page says so in one line; a natural photograph gets the
+out-of-distribution warning; a bundled sample of the model's own kind gets neither."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from dprotonet_core import review
+from tests.conftest import REAL_DICOM, REPO
+
+APP = str(REPO / "app.py")
+BUNDLED = REPO / "assets" / "checkpoints"
+pytestmark = pytest.mark.skipif(
+    not all((BUNDLED / n / "card.json").is_file() for n in review.BUNDLED_CHECKPOINTS)
+    or not REAL_DICOM.is_file(), reason="bundled checkpoints or the shared chest DICOM absent")
+
+
+@pytest.fixture
+def bundled_app(monkeypatch, tmp_path):
+    """The app on the bundled checkpoints, the fundus model selected, MDM cut to a few steps (what is tested is
+    which model answers and what the page says, not the heatmap)."""
+    from dprotonet_core.explain import mdm
+
+    original = mdm.profile
+    monkeypatch.setattr(mdm, "profile", lambda name: dataclasses.replace(original(name), iterations=2))
+    monkeypatch.setenv("DPROTONET_BUNDLED", "1")
+    monkeypatch.setenv("DPROTONET_MODELS_DIR", str(tmp_path / "no-models"))
+    monkeypatch.delenv("DPROTONET_SAMPLES_DIR", raising=False)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["checkpoint_path"] = str(BUNDLED / "ichallenge-pm")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    at.file_uploader(key="upload").set_value((name, data, "application/octet-stream"))
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _ood_warnings(at: AppTest) -> list[str]:
+    return [w.value for w in at.warning if "unlike the images the model learned from" in w.value]
+
+
+def test_chest_dicom_on_the_fundus_model_is_reviewed_by_the_rsna_model(bundled_app):
+    at = _upload(bundled_app, "chest.dcm", REAL_DICOM.read_bytes())
+    assert at.sidebar.selectbox(key="checkpoint_picker").value.endswith("rsna-pneumonia")
+    notices = [i.value for i in at.info if "reviewed with the" in i.value]
+    assert len(notices) == 1 and notices[0].startswith("Frontal chest radiograph: reviewed with the RSNA")
+    assert any(str(s.value).startswith("Prediction:") for s in at.subheader)
+    assert not at.error
+
+
+def test_natural_photograph_gets_the_out_of_distribution_warning(bundled_app):
+    import skimage.data
+
+    buffer = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).save(buffer, format="PNG")
+    at = _upload(bundled_app, "astronaut.png", buffer.getvalue())
+    assert at.sidebar.selectbox(key="checkpoint_picker").value.endswith("ichallenge-pm")  # colour: task fits
+    assert len(_ood_warnings(at)) == 1
+
+
+def test_grey_image_goes_to_the_chest_model_and_an_mr_to_none(bundled_app):
+    buffer = io.BytesIO()
+    Image.fromarray(np.tile(np.linspace(0, 255, 96, dtype=np.uint8), (96, 1))).save(buffer, format="PNG")
+    at = _upload(bundled_app, "grey.png", buffer.getvalue())
+    # grey: not a fundus photograph; the chest model accepts grey images, so it is routed there
+    assert at.sidebar.selectbox(key="checkpoint_picker").value.endswith("rsna-pneumonia")
+    from pydicom.data import get_testdata_file  # pydicom's own MR test file: no listed model takes an MR
+
+    at = _upload(at, "mr.dcm", open(get_testdata_file("MR_small.dcm"), "rb").read())
+    assert any("not what this model was made for" in e.value for e in at.error)
+    assert not any(str(s.value).startswith("Prediction:") for s in at.subheader)
+    at.toggle[0].set_value(True).run()
+    assert any(str(s.value).startswith("NOT VALID FOR THIS IMAGE: Prediction:") for s in at.subheader)
+
+
+def test_own_sample_gets_neither_notice_nor_warning(bundled_app):
+    sample = next(s for s in review.list_samples() if s.dataset == "ichallenge-pm")
+    at = bundled_app
+    at.selectbox(key="sample").set_value(sample).run()
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox(key="checkpoint_picker").value.endswith("ichallenge-pm")
+    assert not [i for i in at.info if "reviewed with the" in i.value]
+    assert not _ood_warnings(at) and not at.error
+    own = review.samples_for(review.list_samples(), BUNDLED / "ichallenge-pm")
+    assert own and all(s.dataset == "ichallenge-pm" for s in own)
