@@ -1237,6 +1237,21 @@ def classification_metrics(view: EvaluationView) -> dict[str, str]:
     return out
 
 
+def classification_by_view(view: EvaluationView) -> list[dict[str, str]]:
+    """One row per view (AP / PA radiographs) of the stored classification, when the data had views."""
+    rows = []
+    for name, fig in sorted(((view.metrics.get("classification") or {}).get("by_view") or {}).items()):
+        if not isinstance(fig, dict):
+            continue
+        row = {"View": str(name), "Images": str(fig.get("n", "?")), "Positives": str(fig.get("positives", "?"))}
+        for key, label in (("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
+                           ("roc_auc", "ROC AUC")):
+            value = fig.get(key)
+            row[label] = "n/a" if not isinstance(value, (int, float)) or value != value else f"{value:.3f}"
+        rows.append(row)
+    return rows
+
+
 # ------------------------------------------------------------------------------------- model card
 
 CARD_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -27,6 +27,14 @@ st.caption(
 st.subheader("Classification")
 for column, (label, value) in zip(st.columns(4), review.classification_metrics(view).items()):
     column.metric(label, value)
+decision = (view.metrics.get("classification") or {}).get("decision")
+if decision:
+    st.caption(f"Decision rule: {decision}.")
+by_view = review.classification_by_view(view)
+if by_view:
+    st.markdown("**Within each view** (AP bedside films are mostly positives here: a model that only recognised "
+                "the view would score well overall and near 0.5 within a view)")
+    st.dataframe(by_view, hide_index=True, width="stretch")
 for column, name in zip(st.columns(2), ("confusion_matrix", "roc")):
     if name in view.figures:
         column.plotly_chart(view.figures[name], width="stretch", key=f"fig_{name}")

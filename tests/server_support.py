@@ -68,3 +68,22 @@ def streamlit_server(env: dict[str, str], stderr: IO[bytes] | int = subprocess.D
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+# `python -c LAUNCHER N run app.py ...`: the real streamlit CLI, with every MDM profile cut to N steps first (the
+# tests check what the page shows and when, not the heatmap's quality).
+LAUNCHER = (
+    "import dataclasses, sys\n"
+    "from dprotonet_core.explain import mdm\n"
+    "n = int(sys.argv.pop(1))\n"
+    "for name in ('fast', 'paper'):\n"
+    "    mdm.MDM_PROFILES[name] = dataclasses.replace(mdm.MDM_PROFILES[name], iterations=n)\n"
+    "from streamlit.web.cli import main\n"
+    "sys.argv[0] = 'streamlit'\n"
+    "sys.exit(main())\n"
+)
+
+
+def few_mdm_steps(iterations: int) -> tuple[str, str, str]:
+    """The `launcher` of `streamlit_server` that runs every MDM profile for `iterations` steps."""
+    return ("-c", LAUNCHER, str(iterations))

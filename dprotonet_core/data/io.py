@@ -77,6 +77,7 @@ class LoadedImage:
     voi_lut_used: bool = False
     modality_values: np.ndarray | None = field(default=None, repr=False)
     photometric: str = ""
+    inverted: bool = False  # grey DICOM shown inverted (MONOCHROME1 or Presentation LUT Shape INVERSE), once
 
     @property
     def height(self) -> int:
@@ -378,12 +379,19 @@ def _grey_pipeline(
     else:
         used = _full_range_window(values)
         pixels = apply_window(values, used) if np.ptp(values) > 0 else np.zeros_like(values)
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+    if displays_inverted(ds):
         pixels = 1.0 - pixels
-    if str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE":
-        pixels = 1.0 - pixels
-        notices.append("presentation LUT: inverted as the file requests")
+        if str(ds.get("PhotometricInterpretation", "")).strip().upper() != "MONOCHROME1":
+            notices.append("presentation LUT: inverted as the file requests")
     return pixels, values, used, voi_lut_used
+
+
+def displays_inverted(ds: Dataset) -> bool:
+    """True when the grey values are shown inverted (high = dark): MONOCHROME1, or Presentation LUT Shape
+    INVERSE. The standard requires INVERSE on every MONOCHROME1 image, and there both name the same single
+    inversion (PS3.3 C.11.6): inverting once for each would show the film as MONOCHROME2."""
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    return photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"
 
 
 def _has_lut_items(ds: Dataset) -> bool:
@@ -444,6 +452,7 @@ def _read_dicom(data: bytes, *, max_pixels: int, window: Window | None) -> Loade
         voi_lut_used=voi_lut_used,
         modality_values=values,
         photometric=photometric,
+        inverted=displays_inverted(ds),
     )
 
 
@@ -583,7 +592,7 @@ def rewindow(loaded: LoadedImage, window: Window) -> LoadedImage:
     if loaded.modality_values is None:
         raise ImageReadError("Windowing applies only to grey DICOM images.")
     pixels = apply_window(loaded.modality_values, window)
-    if loaded.photometric == "MONOCHROME1":
+    if loaded.inverted:
         pixels = 1.0 - pixels
     return replace(loaded, pixels=pixels, window=window, voi_lut_used=False)
 
@@ -608,7 +617,7 @@ def window_presets(loaded: LoadedImage) -> dict[str, Window]:
         return presets
     p = np.percentile(values[:: max(1, values.shape[0] // 256), :: max(1, values.shape[1] // 256)], [2, 30, 60, 98])
     span = max(float(p[3] - p[0]), 1.0)
-    dark_is_high = loaded.photometric == "MONOCHROME1"
+    dark_is_high = loaded.inverted
     lung_center = float(p[2] if dark_is_high else p[1])
     bone_center = float(p[0] + 0.1 * span if dark_is_high else p[3] - 0.1 * span)
     presets["lung"] = Window(lung_center, 0.6 * span, "lung (estimated)", "LINEAR_EXACT")

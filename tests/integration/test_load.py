@@ -35,7 +35,7 @@ from dprotonet_core import review
 from tests.app_support import TINY_NAME, make_tiny_checkpoint
 from tests.browser.test_browser import _pane_images
 from tests.conftest import REPO
-from tests.server_support import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+from tests.server_support import CHROMIUM, CHROMIUM_ARGS, few_mdm_steps, streamlit_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -44,16 +44,6 @@ RESULT_TIMEOUT_MS = 240_000
 TEST_TIMEOUT_S = 540
 ARTIFACTS = REPO / "tests" / "artifacts"
 MDM_TEST_ITERATIONS = 20
-LAUNCHER = (
-    "import dataclasses, sys\n"
-    "from dprotonet_core.explain import mdm\n"
-    "n = int(sys.argv.pop(1))\n"
-    "for name in ('fast', 'paper'):\n"
-    "    mdm.MDM_PROFILES[name] = dataclasses.replace(mdm.MDM_PROFILES[name], iterations=n)\n"
-    "from streamlit.web.cli import main\n"
-    "sys.argv[0] = 'streamlit'\n"
-    "sys.exit(main())\n"
-)
 
 torch.set_num_threads(1)
 
@@ -134,7 +124,7 @@ def server(models, tmp_path_factory):
            "DPROTONET_SAMPLES_DIR": str(tmp_path_factory.mktemp("no-samples")),
            "OMP_NUM_THREADS": "1", "DPROTONET_TORCH_THREADS": "1", "DPROTONET_BUNDLED": "0"}
     with open(log, "wb") as stderr, streamlit_server(
-        env, stderr=stderr, launcher=("-c", LAUNCHER, str(MDM_TEST_ITERATIONS))
+        env, stderr=stderr, launcher=few_mdm_steps(MDM_TEST_ITERATIONS)
     ) as (url, process):
         yield url, process, log
 

@@ -162,3 +162,22 @@ def test_fuzz_mutated_valid_files(which: int, flips: list[tuple[int, int]], cut:
         assert _sane(read_image(data).pixels)
     except ImageReadError as err:
         assert str(err) and "\n" not in str(err)
+
+
+def test_monochrome1_with_presentation_lut_inverse_is_inverted_once():
+    """MONOCHROME1 requires Presentation LUT Shape INVERSE, and both name the same single inversion: the file with
+    the tag must read exactly as its twin without it (was inverted twice: shown as MONOCHROME2)."""
+    from tests.hostile.make_corpus import dicom_bytes
+
+    rng = np.random.default_rng(4)
+    values = (rng.random((24, 24)) * 4095).astype(np.uint16)
+    plain = read_image(dicom_bytes(values, photometric="MONOCHROME1"))
+    tagged = read_image(dicom_bytes(values, photometric="MONOCHROME1", extra={"PresentationLUTShape": "INVERSE"}))
+    assert np.array_equal(plain.pixels, tagged.pixels) and tagged.inverted
+    mono2 = read_image(dicom_bytes(values))
+    assert np.allclose(plain.pixels, 1.0 - mono2.pixels, atol=1e-6)  # MONOCHROME1: high values dark
+    # MONOCHROME2 + INVERSE is a real request to invert, and re-windowing keeps it
+    inverse2 = read_image(dicom_bytes(values, extra={"PresentationLUTShape": "INVERSE"}))
+    assert np.allclose(inverse2.pixels, plain.pixels, atol=1e-6) and inverse2.notices
+    window = Window(2000.0, 1000.0, "test")
+    assert np.allclose(rewindow(inverse2, window).pixels, rewindow(plain, window).pixels, atol=1e-6)
