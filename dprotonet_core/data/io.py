@@ -269,8 +269,42 @@ def _header_int(ds: Dataset, keyword: str, default: int | None = None) -> int:
         raise ImageReadError(f"The DICOM file has no valid {keyword} field, so its image cannot be read.") from None
 
 
+# SOP classes whose objects are not pictures of a patient, though some carry pixel data: classifying them as
+# if they were radiographs would answer about an image nobody took. Prefixes cover the families (PS3.4 B.5).
+_NOT_PATIENT_IMAGES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "a Segmentation (a label map drawn on another image)",
+    "1.2.840.10008.5.1.4.1.1.66": "a Raw Data, Spatial Registration or Fiducials object",
+    "1.2.840.10008.5.1.4.1.1.88": "a Structured Report",
+    "1.2.840.10008.5.1.4.1.1.11": "a Presentation State (display settings for another image)",
+    "1.2.840.10008.5.1.4.1.1.104": "an encapsulated document (PDF / CDA)",
+    "1.2.840.10008.5.1.4.1.1.481": "a Radiotherapy object (plan, structure set, dose)",
+    "1.2.840.10008.5.1.4.1.1.9": "a Waveform (ECG, audio, ...)",
+    "1.2.840.10008.5.1.4.1.1.67": "a Real World Value Mapping",
+    "1.2.840.10008.5.1.4.1.1.91": "a Content Assessment Results object",
+    "1.2.840.10008.5.1.4.1.1.90": "a Tractography Results object",
+}
+
+
+_RT_IMAGE = "1.2.840.10008.5.1.4.1.1.481.1"
+
+
+def not_a_patient_image(ds: Dataset) -> str | None:
+    """What the object is when its SOP class says it is not an image of a patient, else None."""
+    uid = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "") or "").strip()
+    if uid == _RT_IMAGE:  # a portal image of the patient, though of the radiotherapy family
+        return None
+    for prefix, what in _NOT_PATIENT_IMAGES.items():
+        if uid == prefix or uid.startswith(prefix + "."):
+            return what
+    return None
+
+
 def _check_dicom_header(ds: Dataset, max_pixels: int) -> tuple[int, int, int]:
-    """Check pixel data is present and the declared size is within limits; return (rows, cols, frames)."""
+    """Check the object is an image of a patient, pixel data is present and the declared size is within limits;
+    return (rows, cols, frames)."""
+    what = not_a_patient_image(ds)
+    if what is not None:
+        raise ImageReadError(f"The DICOM file is {what}, not an image of a patient: there is nothing to classify.")
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise ImageReadError("The DICOM file contains no image (no pixel data): it may be a report.")
     rows, cols = _header_int(ds, "Rows"), _header_int(ds, "Columns")

@@ -181,3 +181,19 @@ def test_monochrome1_with_presentation_lut_inverse_is_inverted_once():
     assert np.allclose(inverse2.pixels, plain.pixels, atol=1e-6) and inverse2.notices
     window = Window(2000.0, 1000.0, "test")
     assert np.allclose(rewindow(inverse2, window).pixels, rewindow(plain, window).pixels, atol=1e-6)
+
+
+@pytest.mark.parametrize("sop, word", [
+    ("1.2.840.10008.5.1.4.1.1.66.4", "Segmentation"),
+    ("1.2.840.10008.5.1.4.1.1.88.22", "Structured Report"),
+    ("1.2.840.10008.5.1.4.1.1.11.1", "Presentation State"),
+    ("1.2.840.10008.5.1.4.1.1.104.1", "encapsulated document"),
+])
+def test_objects_that_are_not_patient_images_are_refused_by_sop_class(sop, word):
+    from tests.hostile.make_corpus import dicom_bytes
+
+    data = dicom_bytes(np.zeros((16, 16), np.uint8), extra={"SOPClassUID": sop})
+    with pytest.raises(ImageReadError, match=f"{word}.*not an image of a patient"):
+        read_image(data)
+    # the same pixels under an image SOP class (CR) are read
+    assert read_image(dicom_bytes(np.zeros((16, 16), np.uint8), extra={"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1"}))
