@@ -426,6 +426,19 @@ def probability(prediction: Prediction) -> float:
     return float(prediction.probabilities[prediction.class_index])
 
 
+def prediction_headline(prediction: Prediction, checkpoint: Checkpoint) -> str:
+    """"Prediction: PM, 96.4%" (argmax: the predicted class's probability), or, for a checkpoint that decides by
+    a threshold, the positive class's probability beside the threshold it was compared with, so that a
+    "pneumonia" answer at p = 0.04 is not shown as "pneumonia, 4%" without its reason."""
+    threshold = checkpoint.decision_threshold
+    if threshold is None:
+        return f"Prediction: {prediction.class_name}, {probability(prediction) * 100:.1f}%"
+    positive = checkpoint.classes[1]
+    p = prediction.probabilities[1]
+    sign = ">=" if p >= threshold else "<"
+    return f"Prediction: {prediction.class_name} (p({positive}) = {p:.3f} {sign} threshold {threshold:.3f})"
+
+
 def probability_text(prediction: Prediction, classes: list[str]) -> str:
     """All class probabilities in one line, predicted class first."""
     order = sorted(range(len(classes)), key=lambda i: -prediction.probabilities[i])
@@ -1043,9 +1056,8 @@ def report_png(inputs: ReportInputs) -> bytes:
             draw.text((margin, y), line, fill=(160, 80, 0), font=small)
             y += 20
     y += 10
-    pred = data["prediction"]
     invalid = "" if inputs.fit.fits else "NOT VALID FOR THIS IMAGE: "
-    draw.text((margin, y), f"{invalid}Prediction: {pred['class']}  ({pred['probability'] * 100:.1f}%)",
+    draw.text((margin, y), invalid + prediction_headline(inputs.prediction, inputs.checkpoint),
               fill="black" if inputs.fit.fits else (170, 0, 0), font=h2)
     y += 34
     for line in _report_warnings(inputs):
@@ -1256,8 +1268,10 @@ def classification_by_view(view: EvaluationView) -> list[dict[str, str]]:
 
 CARD_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Intended use and limits", ("intended_use", "limitations", "warnings", "out_of_scope")),
-    ("Data", ("data", "trained_on", "dataset", "split", "synthetic")),
-    ("Training", ("training", "train_config", "loss_config", "mdm_config", "projection")),
+    ("What it accepts, and how it decides", ("accepts", "decision_threshold", "ood")),
+    ("Data", ("data", "trained_on", "dataset", "training_data", "split", "synthetic", "prototype_sources")),
+    ("Training", ("training", "train_config", "loss_config", "mdm_config", "projection", "demo_plan",
+                  "backbone_weights", "command_line", "seed", "build_seconds", "epoch_seconds")),
     ("Metrics", ("metrics",)),
     ("Model", ("classes", "backbone", "input_size", "model_config", "normalisation", "dtype")),
     ("Versions", ("software", "format_version")),

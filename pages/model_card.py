@@ -24,7 +24,7 @@ if performance:
     st.dataframe(performance, hide_index=True, width="stretch")
     st.caption(review.PERFORMANCE_CAPTION)
 for title, fields in review.card_sections(card):
-    with st.expander(title, expanded=title in ("Intended use and limits", "Data")):
+    with st.expander(title, expanded=title in ("Intended use and limits", "What it accepts, and how it decides")):
         for key, value in fields.items():
             review_text = review.card_value_markdown(key, value)
             if review_text is not None:

@@ -106,9 +106,9 @@ key = review.image_key(data_hash, window)
 # ------------------------------------------------------------------------------------- prediction
 case = review.cached_case(S, data_hash, window, checkpoint, shown)
 prediction = case.prediction
-probability = review.probability(prediction)
+probability = review.probability(prediction) if checkpoint.decision_threshold is None else prediction.probabilities[1]
 invalid = "" if case.fit.fits else "NOT VALID FOR THIS IMAGE: "
-st.subheader(f"{invalid}Prediction: {prediction.class_name}, {probability * 100:.1f}%")
+st.subheader(invalid + review.prediction_headline(prediction, checkpoint))
 st.progress(probability, text=review.probability_text(prediction, checkpoint.classes))
 st.caption(review.decision_text(checkpoint))
 if case.ood.flagged:

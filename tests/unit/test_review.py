@@ -282,3 +282,19 @@ def test_concurrent_predict_and_explain_agree(checkpoint, case, explanation):
     assert len(stacks) == 2 and all(np.allclose(s, explanation.query_stack, atol=1e-5) for s in stacks)
     assert not checkpoint.model.training and not any(p.requires_grad for p in checkpoint.model.parameters())
     assert torch.is_grad_enabled()
+
+
+def test_prediction_headline_names_the_threshold_it_was_compared_with(checkpoint):
+    import dataclasses
+
+    x = torch.rand(1, 3, checkpoint.model.config.input_size, checkpoint.model.config.input_size)
+    argmax = review.predict(checkpoint, x)
+    assert review.prediction_headline(argmax, checkpoint).startswith(f"Prediction: {argmax.class_name}, ")
+    p1 = argmax.probabilities[1]
+    thresholded = dataclasses.replace(checkpoint, card={**checkpoint.card,
+                                                        "decision_threshold": {"value": p1 / 2, "rule": "youden"}})
+    pred = review.predict(thresholded, x)
+    head = review.prediction_headline(pred, thresholded)
+    assert pred.class_index == 1 and head == (f"Prediction: {checkpoint.classes[1]} (p({checkpoint.classes[1]}) = "
+                                              f"{p1:.3f} >= threshold {p1 / 2:.3f})")
+    assert "threshold" in review.decision_text(thresholded) and "argmax" in review.decision_text(checkpoint)
