@@ -7,7 +7,8 @@ In-distribution: each checkpoint's held-out test split. Out-of-distribution (mad
 nothing downloaded): the other checkpoint's images (chest radiographs through the fundus model and fundus
 photographs through the chest model), scikit-image's sample photographs and textures, pydicom's CT / MR /
 ultrasound / CR test files, RSNA radiographs flipped upside down, uniform noise, blank images. Each score's
-threshold is the 99th percentile of that score on the checkpoint's validation split, as the cards store it.
+threshold is the 99th percentile of that score on the checkpoint's validation split, as the cards store it; the
+feature z-score's statistics come from the training split, as make-demo computes them.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def main() -> None:
         size = ck.model.config.input_size
         val = split_images(name, "val", size, ck.card)
         test = split_images(name, "test", size, ck.card)
+        stats = ood.feature_stats(ood.image_features(ck.model, split_images(name, "train", size, ck.card)))
         sets = {}
         for other, other_ck in cks.items():
             if other != name:
@@ -91,13 +93,13 @@ def main() -> None:
               f"({len(val)} images)")
         header = f"{'set':<58} {'n':>4} " + " ".join(f"{s[:18] + ' flag':>23}" for s in ood.SCORES)
         print(header)
-        thresholds = {s: np.quantile(ood.score_images(ck.model, val, s), 0.99) for s in ood.SCORES}
-        in_scores = {s: ood.score_images(ck.model, test, s) for s in ood.SCORES}
+        thresholds = {s: np.quantile(ood.score_images(ck.model, val, s, stats=stats), 0.99) for s in ood.SCORES}
+        in_scores = {s: ood.score_images(ck.model, test, s, stats=stats) for s in ood.SCORES}
         row = " ".join(f"{(in_scores[s] > thresholds[s]).mean():>23.3f}" for s in ood.SCORES)
         print(f"{'own test split (false alarms)':<58} {len(test):>4} {row}")
         pooled = {s: [] for s in ood.SCORES}
         for label, images in sets.items():
-            scores = {s: ood.score_images(ck.model, images, s) for s in ood.SCORES}
+            scores = {s: ood.score_images(ck.model, images, s, stats=stats) for s in ood.SCORES}
             counted = "not counted" not in label
             for s in ood.SCORES:
                 if counted:

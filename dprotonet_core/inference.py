@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dprotonet_core.model.dprotonet import DProtoNet
-from dprotonet_core.ood import ood_scores
+from dprotonet_core.ood import record_score
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Prediction:
     probabilities: list[float]  # softmax of the logits, in the order of `classes`
     logits: list[float]
     reasoning: list[PrototypeContribution]  # all prototypes, largest contribution first
-    ood_score: float = float("nan")  # min_j min_i s(z_i(x), P_j): the out-of-distribution score (ood.py)
+    ood_score: float = float("nan")  # the out-of-distribution score the card names (ood.py)
 
     def top_prototypes(self, k: int = 5) -> list[PrototypeContribution]:
         return self.reasoning[:k]
@@ -113,22 +113,22 @@ def default_classes(model: DProtoNet) -> list[str]:
 
 
 def predict(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | None = None,
-            threshold: float | None = None) -> Prediction:
+            threshold: float | None = None, ood_record: dict | None = None) -> Prediction:
     """Classify one image (1, 3, S, S) or (3, S, S) in [0, 1] and explain the decision by prototypes.
 
     `threshold`: the checkpoint's decision threshold on p(class 1) (`Checkpoint.decision_threshold`); None
-    is the paper's argmax of eq. 3.
+    is the paper's argmax of eq. 3. `ood_record`: the card's `ood` field, naming the out-of-distribution score.
 
     The model must be in eval mode (`load_checkpoint` returns it so); it is not switched here,
     so one model can serve several threads.
     """
     if model.training:
         raise ValueError("predict needs the model in eval mode (call model.eval() once, before sharing it)")
-    return predict_batch(model, x01 if x01.dim() == 4 else x01[None], classes, threshold)[0]
+    return predict_batch(model, x01 if x01.dim() == 4 else x01[None], classes, threshold, ood_record)[0]
 
 
 def predict_batch(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | None = None,
-                  threshold: float | None = None) -> list[Prediction]:
+                  threshold: float | None = None, ood_record: dict | None = None) -> list[Prediction]:
     """`predict` for a batch (B, 3, S, S): one Prediction per image."""
     if model.training:
         raise ValueError("predict needs the model in eval mode (call model.eval() once, before sharing it)")
@@ -139,7 +139,7 @@ def predict_batch(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | 
         logits = out.logits.float().cpu()
         g = out.activations.float().cpu()
         mask_index = out.distances.argmin(dim=1).cpu()  # (B, K)
-        ood = ood_scores(out.distances).cpu()
+        ood = record_score(out, ood_record).cpu()
         weight = model.last_layer.weight.detach().float().cpu().clone()  # (C, K), a plain tensor
         proto_class = model.prototype_classes().cpu().tolist()
     probabilities = torch.softmax(logits, dim=1)

@@ -1,12 +1,19 @@
-"""Out-of-distribution score from the model itself: how far an image's feature vectors are from every prototype.
+"""Out-of-distribution score from the model itself: is an image's representation like those of the images the
+model learned from?
 
-    nearest-prototype distance  d(x) = min_j min_i s(z_i(x), P_j)       (eq. 1's s, over all masks and prototypes)
+    feature z-score      mean_d ((zbar_d(x) - m_d) / s_d)^2,  zbar(x) = (1/n) sum_i z_i(x)   (DEFAULT)
+    nearest prototype    min_j min_i s(z_i(x), P_j)                                 (eq. 1's s)
+    mean nearest         (1/K) sum_j min_i s(z_i(x), P_j)
+    softmax              1 - max_c p(c|x)
 
-Larger is stranger. The top prototype activation max_j g_pj (eq. 2) is a decreasing function of the same number,
-so it ranks images identically. bench/ood.py compares it with the mean over prototypes of min_i s and with
-1 - max softmax probability; the nearest-prototype distance is what the cards use (the figures are in
-assets/checkpoints/README.md). Each card stores the quantiles of d over its own training and validation
-images at build time; an image above the validation 99th percentile is flagged.
+Larger is stranger. m and s are the per-channel mean and standard deviation of zbar over the checkpoint's
+training images, stored in its card with the score's quantiles over the training and validation images; an
+image above the validation 99th percentile is flagged. Why the z-score and not the prototype distance (the
+first candidate, and the one a prototype network suggests): bench/ood.py on both bundled checkpoints found the
+nearest-prototype distance blind to other domains (AUROC 0.67 and 0.46; a blank or noise image lies as close to
+some prototype as a real one), the z-score of the pooled features separates them (figures in
+assets/checkpoints/README.md). The top activation max_j g_pj (eq. 2) is a decreasing function of the nearest
+distance, so it ranks images the same way and is not listed.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-SCORES = ("nearest_prototype", "mean_nearest_prototype", "softmax")
-DEFAULT_SCORE = "nearest_prototype"
+SCORES = ("feature_zscore", "nearest_prototype", "mean_nearest_prototype", "softmax")
+DEFAULT_SCORE = "feature_zscore"
+_STD_FLOOR = 1e-3  # relative to the mean std: channels that never vary must not dominate the score
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
 FLAG_QUANTILE = "q99"
 WARNING = ("This image is unlike the images the model learned from (out-of-distribution score above the 99th "
@@ -35,9 +43,29 @@ class OODCheck:
         return {"score": round(self.score, 6), "threshold": threshold, "flagged": self.flagged}
 
 
-def ood_scores(distances: torch.Tensor, logits: torch.Tensor | None = None,
-               name: str = DEFAULT_SCORE) -> torch.Tensor:
-    """Scores (B,) from a forward pass: distances s (B, n, K) and, for "softmax", logits (B, C)."""
+def pooled_features(z: torch.Tensor) -> torch.Tensor:
+    """zbar (B, D): the mean of the feature vectors z_i over the feature masks."""
+    return z.float().mean(dim=1)
+
+
+def feature_stats(features: np.ndarray) -> dict[str, list[float]]:
+    """Per-channel mean and standard deviation of pooled features (N, D) of the training images (card field)."""
+    features = np.asarray(features, dtype=np.float64)
+    std = features.std(axis=0)
+    std = np.maximum(std, _STD_FLOOR * float(std.mean() or 1.0))
+    return {"mean": [round(float(v), 6) for v in features.mean(axis=0)], "std": [round(float(v), 6) for v in std]}
+
+
+def ood_scores(distances: torch.Tensor, logits: torch.Tensor | None = None, name: str = DEFAULT_SCORE,
+               z: torch.Tensor | None = None, stats: dict | None = None) -> torch.Tensor:
+    """Scores (B,) from a forward pass: distances s (B, n, K); logits (B, C) for "softmax"; z (B, n, D) and the
+    card's feature stats for "feature_zscore"."""
+    if name == "feature_zscore":
+        if z is None or not stats:
+            raise ValueError("the feature z-score needs z and the checkpoint's feature statistics")
+        mean = torch.tensor(stats["mean"], dtype=torch.float32, device=z.device)
+        std = torch.tensor(stats["std"], dtype=torch.float32, device=z.device)
+        return (((pooled_features(z) - mean) / std) ** 2).mean(dim=1)
     nearest = distances.float().min(dim=1).values  # (B, K): min over feature masks
     if name == "nearest_prototype":
         return nearest.min(dim=1).values
@@ -50,14 +78,32 @@ def ood_scores(distances: torch.Tensor, logits: torch.Tensor | None = None,
     raise ValueError(f"unknown OOD score {name!r}: use one of {', '.join(SCORES)}")
 
 
+def record_score(out, record: dict | None) -> torch.Tensor:
+    """The score a card's `ood` record names, for a forward pass `out`; a card without one gets the nearest-
+    prototype distance (it needs no statistics), which its missing threshold never flags."""
+    if record and record.get("score") == "feature_zscore" and record.get("feature_stats"):
+        return ood_scores(out.distances, out.logits, "feature_zscore", out.z, record["feature_stats"])
+    name = (record or {}).get("score", "nearest_prototype")
+    return ood_scores(out.distances, out.logits, "nearest_prototype" if name == "feature_zscore" else name)
+
+
 @torch.inference_mode()
-def score_images(model, images: torch.Tensor, name: str = DEFAULT_SCORE, batch_size: int = 32) -> np.ndarray:
+def score_images(model, images: torch.Tensor, name: str = DEFAULT_SCORE, batch_size: int = 32,
+                 stats: dict | None = None) -> np.ndarray:
     """Scores of a stack of model inputs (N, 3, S, S) in [0, 1]."""
     out = []
     for start in range(0, images.shape[0], batch_size):
         result = model(images[start:start + batch_size])
-        out.append(ood_scores(result.distances, result.logits, name).cpu().numpy())
+        out.append(ood_scores(result.distances, result.logits, name, result.z, stats).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
+
+
+@torch.inference_mode()
+def image_features(model, images: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+    """Pooled features zbar (N, D) of a stack of model inputs."""
+    out = [pooled_features(model(images[s:s + batch_size]).z).cpu().numpy()
+           for s in range(0, images.shape[0], batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 0))
 
 
 def quantiles(scores: np.ndarray) -> dict[str, float]:
@@ -66,13 +112,17 @@ def quantiles(scores: np.ndarray) -> dict[str, float]:
     return {f"q{round(q * 100, 1):g}".replace(".", "_"): float(np.quantile(scores, q)) for q in QUANTILES}
 
 
-def card_record(train_scores: np.ndarray, val_scores: np.ndarray, name: str = DEFAULT_SCORE) -> dict:
+def card_record(train_scores: np.ndarray, val_scores: np.ndarray, name: str = DEFAULT_SCORE,
+                stats: dict | None = None) -> dict:
     """The card's `ood` field: the score used, its quantiles on the training and validation images, the flag
-    threshold (validation 99th percentile)."""
+    threshold (validation 99th percentile), and for the z-score the training images' feature statistics."""
     val_q = quantiles(val_scores)
-    return {"score": name, "flag_above": f"validation {FLAG_QUANTILE}", "threshold": val_q[FLAG_QUANTILE],
-            "validation_quantiles": val_q, "validation_images": int(len(val_scores)),
-            "training_quantiles": quantiles(train_scores), "training_images": int(len(train_scores))}
+    record = {"score": name, "flag_above": f"validation {FLAG_QUANTILE}", "threshold": val_q[FLAG_QUANTILE],
+              "validation_quantiles": val_q, "validation_images": int(len(val_scores)),
+              "training_quantiles": quantiles(train_scores), "training_images": int(len(train_scores))}
+    if stats is not None:
+        record["feature_stats"] = stats
+    return record
 
 
 def check(score: float, record: dict | None) -> OODCheck:

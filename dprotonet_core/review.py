@@ -407,7 +407,8 @@ def display_boxes(boxes, image_size: tuple[int, int], size: int = DISPLAY_SIZE) 
 
 def predict(checkpoint: Checkpoint, x: torch.Tensor) -> Prediction:
     """Classify x (1, 3, S, S) in [0, 1]; the reasoning rows explain the logit as a sum of w * g (eq. 3)."""
-    return inference.predict(checkpoint.model, x, checkpoint.classes, checkpoint.decision_threshold)
+    return inference.predict(checkpoint.model, x, checkpoint.classes, checkpoint.decision_threshold,
+                             checkpoint.card.get("ood"))
 
 
 def decision_text(checkpoint: Checkpoint) -> str:

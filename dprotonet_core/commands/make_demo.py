@@ -244,10 +244,12 @@ def ood_record(model, train_ds, val_ds) -> dict:
     """The card's out-of-distribution record: the score's quantiles over the training and validation images."""
     from dprotonet_core import ood
 
-    def scores(dataset):
-        return ood.score_images(model, torch.stack([dataset[i][0] for i in range(len(dataset))]))
+    def images(dataset):
+        return torch.stack([dataset[i][0] for i in range(len(dataset))])
 
-    return ood.card_record(scores(train_ds), scores(val_ds))
+    stats = ood.feature_stats(ood.image_features(model, images(train_ds)))
+    return ood.card_record(ood.score_images(model, images(train_ds), stats=stats),
+                           ood.score_images(model, images(val_ds), stats=stats), ood.DEFAULT_SCORE, stats)
 
 
 def refresh_card_checks(folder: Path, plan: DemoPlan, data_root: Path, accepts: dict) -> dict:

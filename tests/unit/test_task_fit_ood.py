@@ -77,12 +77,23 @@ def test_samples_follow_the_checkpoint():
 def test_ood_scores_by_hand():
     # s (B=2, n=2 masks, K=3 prototypes)
     s = torch.tensor([[[4.0, 1.0, 9.0], [2.0, 3.0, 0.5]], [[7.0, 8.0, 6.0], [5.0, 9.0, 9.0]]])
-    assert ood.ood_scores(s).tolist() == [0.5, 5.0]  # min over masks and prototypes
+    assert ood.ood_scores(s, name="nearest_prototype").tolist() == [0.5, 5.0]  # min over masks and prototypes
     assert ood.ood_scores(s, name="mean_nearest_prototype").tolist() == pytest.approx([(2 + 1 + 0.5) / 3, 19 / 3])
     logits = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
     assert ood.ood_scores(s, logits, "softmax").tolist() == pytest.approx([0.5, 1 - 1 / (1 + np.exp(-3.0))])
     with pytest.raises(ValueError, match="unknown OOD score"):
         ood.ood_scores(s, name="entropy")
+
+
+def test_feature_zscore_by_hand():
+    z = torch.tensor([[[1.0, 2.0], [3.0, 6.0]]])  # (B=1, n=2 masks, D=2): zbar = (2, 4)
+    stats = {"mean": [1.0, 2.0], "std": [1.0, 4.0]}
+    s = torch.zeros(1, 2, 3)
+    assert ood.ood_scores(s, name="feature_zscore", z=z, stats=stats).tolist() == pytest.approx([(1 + 0.25) / 2])
+    fitted = ood.feature_stats(np.array([[0.0, 5.0], [2.0, 5.0]]))
+    assert fitted["mean"] == [1.0, 5.0] and fitted["std"][0] == 1.0 and fitted["std"][1] > 0  # floored, not 0
+    with pytest.raises(ValueError, match="feature statistics"):
+        ood.ood_scores(s, name="feature_zscore", z=z)
 
 
 def test_quantile_threshold_and_check():
