@@ -374,9 +374,11 @@ def route(loaded: LoadedImage, current: CheckpointEntry, entries: Iterable[Check
     target = next(e for e in entries if str(e.path) == found)
     what = str((target.card or {}).get("accepts", {}).get("what", "image"))
     before = (current.card or {}).get("accepts", {}).get("what", "other images")
+    name = (target.card or {}).get("name") or target.path.name
+    was = (current.card or {}).get("name") or current.path.name
     return Routing(target.path, True, task_fit(loaded, (target.card or {}).get("accepts")),
-                   f"{what[:1].upper() + what[1:]}: reviewed with the {target.label} model "
-                   f"(the {current.label} model reads {before}).")
+                   f"{what[:1].upper() + what[1:]}: reviewed with the {name} model (the {was} model is made "
+                   f"for: {before}).")
 
 
 def samples_for(samples: list[Sample], checkpoint_path: Path) -> list[Sample]:

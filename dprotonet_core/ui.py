@@ -15,20 +15,45 @@ from dprotonet_core.checkpoint import Checkpoint
 
 CHECKPOINT_KEY = "checkpoint_path"
 PICKER_KEY = "checkpoint_picker"
-SWITCH_KEY = "checkpoint_switch"
-ROUTED_KEY = "routed_images"  # image hash -> the routing notice, once per image
+ROUTED_KEY = "routed_images"  # image hash -> (checkpoint path, notice or None): each image is routed once
 
 
-def switch_checkpoint(path: Path | str, image_hash: str, notice: str) -> None:
-    """Review this image with another checkpoint: remember the one-line notice and rerun with it picked."""
-    st.session_state[SWITCH_KEY] = str(path)
-    st.session_state.setdefault(ROUTED_KEY, {})[image_hash] = (str(path), notice)
-    st.rerun()
+def _pending_image() -> bytes | None:
+    """The bytes of the image the review page is about to show (upload first, else the bundled sample)."""
+    upload = st.session_state.get("upload")
+    if upload is not None:
+        return upload.getvalue()
+    sample = st.session_state.get("sample")
+    return sample.path.read_bytes() if sample is not None else None
 
 
-def routed(image_hash: str) -> tuple[str, str] | None:
-    """(checkpoint path, notice) of an earlier automatic switch for this image, if any: an image is routed
-    only once, so a user who then picks another model keeps it."""
+def _route_pending_image(valid: list[review.CheckpointEntry], paths: list[str]) -> None:
+    """Before the picker is drawn: when the pending image does not fit the chosen checkpoint and another listed
+    one fits, pick that one (with a one-line notice for the page). Each image is routed once, so a user who
+    then picks another model keeps it. The decoded image is kept for the page (decoded once)."""
+    data = _pending_image()
+    if data is None:
+        return
+    image_hash = review.file_hash(data)
+    routed = st.session_state.setdefault(ROUTED_KEY, {})
+    if image_hash in routed:
+        return
+    if st.session_state.get("loaded_hash") != image_hash:
+        try:
+            st.session_state["loaded"] = review.read_upload(data)
+        except review.ReviewError:
+            return  # the page shows the reader's message
+        st.session_state["loaded_hash"] = image_hash
+    current = st.session_state.get(PICKER_KEY) or st.session_state.get(CHECKPOINT_KEY)
+    entry = valid[paths.index(current)] if current in paths else valid[0]
+    routing = review.route(st.session_state["loaded"], entry, valid)
+    routed[image_hash] = (str(routing.path), routing.notice if routing.switched else None)
+    if routing.switched:
+        st.session_state[PICKER_KEY] = str(routing.path)
+
+
+def routed(image_hash: str) -> tuple[str, str | None] | None:
+    """(checkpoint path, notice) of the automatic choice made for this image, if any."""
     return st.session_state.get(ROUTED_KEY, {}).get(image_hash)
 
 
@@ -59,9 +84,7 @@ def sidebar_checkpoint_picker() -> review.CheckpointEntry | None:
     chosen = None
     if valid:
         paths = [str(e.path) for e in valid]
-        switch = st.session_state.pop(SWITCH_KEY, None)
-        if switch in paths:  # a page asked for another checkpoint (the image fits it): set before the widget
-            st.session_state[PICKER_KEY] = switch
+        _route_pending_image(valid, paths)
         current = st.session_state.get(CHECKPOINT_KEY)
         index = paths.index(current) if current in paths else 0
         # a value already in session state is the widget's; a default index beside it would be ignored with a warning

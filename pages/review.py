@@ -61,13 +61,8 @@ if source != "upload":
     st.caption(f"Sample image, {source}.")
 
 # ------------------------------------------------------------------------- is this the right model
-entry = ui.current_entry()
-earlier = ui.routed(data_hash)
-if earlier is None and entry is not None:
-    routing = review.route(loaded, entry, ui.checkpoint_entries())
-    if routing.switched:
-        ui.switch_checkpoint(routing.path, data_hash, routing.notice)
-if earlier is not None and earlier[0] == str(checkpoint.path):
+earlier = ui.routed(data_hash)  # the sidebar routed the image before picking the checkpoint
+if earlier is not None and earlier[1] and earlier[0] == str(checkpoint.path):
     st.info(earlier[1], icon=":material/swap_horiz:")
 fit = review.task_fit(loaded, checkpoint.card.get("accepts"))
 if not fit.fits:

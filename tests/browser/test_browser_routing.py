@@ -40,13 +40,14 @@ def test_chest_dicom_on_the_fundus_model_switches_with_a_notice(server):
         page.set_default_timeout(120_000)
         page.goto(server)
         page.get_by_text("Upload an image").first.wait_for()
-        picker = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first
-        assert "iChallenge-PM" in picker.inner_text()  # the landing page opens on the fundus model
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        sidebar.get_by_text("iChallenge-PM fundus photographs").first.wait_for()  # opens on the fundus model
         page.locator("input[type=file]").first.set_input_files(str(REAL_DICOM))
         notice = page.get_by_text("Frontal chest radiograph: reviewed with the RSNA")
         notice.first.wait_for()
         page.get_by_text("Prediction:").first.wait_for()
-        assert "RSNA" in picker.inner_text()
+        sidebar.get_by_text("adult chest radiographs of the RSNA").first.wait_for()  # the sidebar follows
+        assert sidebar.get_by_text("iChallenge-PM fundus photographs").count() == 0
         page.locator(".js-plotly-plot .imagelayer image").nth(1).wait_for(state="attached")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "review-routed-chest-dicom.png"), full_page=True)

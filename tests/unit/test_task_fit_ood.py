@@ -57,7 +57,8 @@ def test_route_switches_to_the_fitting_checkpoint_and_says_so_in_one_line():
     rsna = CheckpointEntry(Path("/m/rsna-pneumonia"), {"name": "RSNA pneumonia", "accepts": CHEST}, None, True)
     routing = route(_dicom("CR", "CHEST"), palm, [palm, rsna])
     assert routing.switched and routing.path == rsna.path and routing.fit.fits
-    assert routing.notice.startswith("Frontal chest radiograph: reviewed with the RSNA pneumonia (demo) model")
+    assert routing.notice.startswith("Frontal chest radiograph: reviewed with the RSNA pneumonia model (the "
+                                     "iChallenge-PM model is made for: colour fundus photograph)")
     assert "\n" not in routing.notice
     stay = route(_rgb(0.7, 0.3, 0.1), palm, [palm, rsna])
     assert not stay.switched and stay.notice is None
