@@ -202,6 +202,14 @@ MDM_PROFILES: dict[str, MDMConfig] = {"paper": PAPER_MDM, "fast": FAST_MDM}
 DEFAULT_MDM_PROFILE = "paper"
 
 
+# DEVIATION (per checkpoint, opt-in): the paper decides by the argmax of eq. 3. A two-class card may store
+# `decision_threshold` on p(class 1), chosen on its validation split after model selection
+# (metrics.choose_threshold, Youden's J for the RSNA plan; make-demo's DemoPlan.threshold_rule); the app,
+# `predict` and `evaluate` then all decide by it (inference.decide) and say so. Why: the paper's own RSNA
+# sensitivity (49.8%) is low for a screening question, and a class-weighted model's probabilities are not
+# calibrated; the rule was fixed before the test split was read, and the card reports both rules on it.
+
+
 @dataclass(frozen=True)
 class OverlayConfig:
     """Mask generation and images (eq. 15-18)."""
