@@ -108,6 +108,14 @@ def decide(probabilities: torch.Tensor | np.ndarray, threshold: float | None = N
     return np.where(chosen, positive, other)
 
 
+def decision_rule(classes: Sequence[str], threshold: float | None, positive: int = 1) -> str:
+    """How `decide` answers, in one line, for the CLI's JSON and the evaluation report."""
+    if threshold is None:
+        return "argmax of eq. 3"
+    name = classes[positive]
+    return f"{name} when p({name}) >= {threshold:.4g} (the card's threshold, chosen on validation)"
+
+
 def default_classes(model: DProtoNet) -> list[str]:
     return [f"class {i}" for i in range(model.config.num_classes)]
 

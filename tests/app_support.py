@@ -146,3 +146,11 @@ class ModelCallCounter:
             return original(model, x)
 
         monkeypatch.setattr(DProtoNet, "feature_map", counted)
+
+
+def upload(at, name: str, data: bytes):
+    """Give an AppTest's uploader a file and run the app; fails on any exception the page raised."""
+    at.file_uploader(key="upload").set_value((name, data, "application/octet-stream"))
+    at.run()
+    assert not at.exception, at.exception
+    return at

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from dprotonet_core import ood
     from dprotonet_core.checkpoint import CheckpointError, load_checkpoint
     from dprotonet_core.data.io import to_model_input
-    from dprotonet_core.inference import predict
+    from dprotonet_core.inference import decision_rule, predict
     from dprotonet_core.task_fit import first_fitting, task_fit
 
     if args.threads:
@@ -107,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
         check = ood.check(result.ood_score, ckpt.card.get("ood"))
         fields = result.to_json(args.top_k)
         top = fields.pop("top_prototypes")
-        decision = ("argmax of eq. 3" if ckpt.decision_threshold is None else
-                    f"{ckpt.classes[1]} when p({ckpt.classes[1]}) >= {ckpt.decision_threshold:g}")
+        decision = decision_rule(ckpt.classes, ckpt.decision_threshold)
         print(json.dumps({"file": path, "checkpoint": str(folder), **fields, "decision": decision,
                           "task_fit": fit.to_json(), "ood": check.to_json(), "top_prototypes": top}), flush=True)
     return 2 if failed else 0

@@ -30,7 +30,7 @@ from dprotonet_core.config import EvalConfig, OverlayConfig, to_dict
 from dprotonet_core.evaluate import metrics as M
 from dprotonet_core.evaluate.cams import DISPLAY_NAMES, check_methods, compute_cam
 from dprotonet_core.evaluate.data import EvalData, load_eval_data
-from dprotonet_core.inference import decide
+from dprotonet_core.inference import decide, decision_rule
 from dprotonet_core.model.dprotonet import DProtoNet
 
 TABLE5_COLUMNS = ("AD", "AI", "D", "I", "DICE", "IoU", "PPV", "Sensitivity", "s/img")
@@ -100,8 +100,7 @@ def classification_metrics(pred: Predictions, classes: list[str], positive: int)
         "accuracy": M.accuracy(y, p),
         "confusion_matrix": M.confusion_matrix(y, p, num_classes).tolist(),
         "seconds_per_image": pred.seconds / max(y.size, 1),
-        "decision": "argmax of eq. 3" if pred.threshold is None else
-                    f"{classes[positive]} when p({classes[positive]}) >= {pred.threshold:.3f} (the card's threshold)",
+        "decision": decision_rule(classes, pred.threshold, positive),
     }
     if num_classes == 2:
         fpr, tpr = M.roc_curve(y, probs[:, positive], positive)

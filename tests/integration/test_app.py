@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app_support import ModelCallCounter, make_models_dir, make_samples_dir
+from tests.app_support import ModelCallCounter, make_models_dir, make_samples_dir, upload
 from tests.conftest import PALM_DIR, REAL_DICOM, REPO
 
 APP = str(REPO / "app.py")
@@ -27,13 +27,6 @@ def app(models_dir, monkeypatch, tmp_path) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
     assert not at.exception
-    return at
-
-
-def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
-    at.file_uploader(key="upload").set_value((name, data, "application/octet-stream"))
-    at.run()
-    assert not at.exception, at.exception
     return at
 
 
@@ -69,7 +62,7 @@ def test_landing_page_shows_uploader_disclaimer_and_synthetic_banner(app):
 @pytest.mark.skipif(not REAL_DICOM.is_file(), reason="../shared/data DICOM absent")
 def test_dicom_upload_gives_prediction_two_heatmaps_and_gamma_needs_no_model_call(app, monkeypatch):
     counter = ModelCallCounter(monkeypatch)
-    _upload(app, "chest.dcm", REAL_DICOM.read_bytes())
+    upload(app, "chest.dcm", REAL_DICOM.read_bytes())
     assert counter.calls > 0  # prediction and MDM ran
     assert any(s.value.startswith("Prediction:") for s in app.subheader)
     assert len(_image_traces(app)) == 2  # query and prototype panes, each with its heatmap
@@ -92,7 +85,7 @@ def test_dicom_upload_gives_prediction_two_heatmaps_and_gamma_needs_no_model_cal
 
 @pytest.mark.skipif(not REAL_DICOM.is_file(), reason="../shared/data DICOM absent")
 def test_window_preset_and_other_prototype(app, monkeypatch):
-    _upload(app, "chest.dcm", REAL_DICOM.read_bytes())
+    upload(app, "chest.dcm", REAL_DICOM.read_bytes())
     app.sidebar.selectbox(key="window_preset").set_value("lung").run()
     assert not app.exception
     app.sidebar.selectbox(key="window_preset").set_value("manual").run()
@@ -106,12 +99,12 @@ def test_window_preset_and_other_prototype(app, monkeypatch):
 
 
 def test_broken_upload_shows_one_message_and_page_keeps_working(app):
-    _upload(app, "scan.dcm", b"DICM" + os.urandom(300))
+    upload(app, "scan.dcm", b"DICM" + os.urandom(300))
     assert len(app.error) >= 1
     assert any("file" in e.value.lower() for e in app.error)
     png = (PALM_DIR / "H0001.jpg") if PALM_DIR.is_dir() else None
     if png is not None:
-        _upload(app, "fundus.jpg", png.read_bytes())
+        upload(app, "fundus.jpg", png.read_bytes())
         assert any(s.value.startswith("Prediction:") for s in app.subheader)
 
 
@@ -139,7 +132,7 @@ def test_bundled_samples_load(models_dir, monkeypatch):
     if not samples:
         pytest.skip("no bundled samples in assets/samples yet")
     for sample in samples:
-        review.read_upload(sample.path.read_bytes())  # every bundled sample decodes
+        review.readupload(sample.path.read_bytes())  # every bundled sample decodes
 
 
 @pytest.mark.parametrize("page", ["pages/prototypes.py", "pages/evaluation.py", "pages/model_card.py"])

@@ -17,6 +17,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from dprotonet_core import review
+from tests.app_support import upload
 from tests.conftest import REAL_DICOM, REPO
 
 APP = str(REPO / "app.py")
@@ -44,13 +45,6 @@ def bundled_app(monkeypatch, tmp_path):
     return at
 
 
-def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
-    at.file_uploader(key="upload").set_value((name, data, "application/octet-stream"))
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
 def _ood_warnings(at: AppTest) -> list[str]:
     return [w.value for w in at.warning if "unlike the images the model learned from" in w.value]
 
@@ -62,7 +56,7 @@ def test_colour_noise_gets_the_out_of_distribution_warning(bundled_app):
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(buffer, format="PNG")
-    at = _upload(bundled_app, "noise.png", buffer.getvalue())
+    at = upload(bundled_app, "noise.png", buffer.getvalue())
     assert at.session_state["checkpoint_path"].endswith("ichallenge-pm")  # colour: the task fits
     assert len(_ood_warnings(at)) == 1
 
@@ -70,7 +64,7 @@ def test_colour_noise_gets_the_out_of_distribution_warning(bundled_app):
 def test_an_mr_fits_no_model_and_gets_no_valid_prediction(bundled_app):
     from pydicom.data import get_testdata_file  # pydicom's own MR test file: no listed model takes an MR
 
-    at = _upload(bundled_app, "mr.dcm", open(get_testdata_file("MR_small.dcm"), "rb").read())
+    at = upload(bundled_app, "mr.dcm", open(get_testdata_file("MR_small.dcm"), "rb").read())
     assert any("not what this model was made for" in e.value and "modality MR" in e.value for e in at.error)
     assert not any(str(s.value).startswith("Prediction:") for s in at.subheader)
     at.toggle[0].set_value(True).run()
