@@ -132,7 +132,7 @@ def test_bundled_samples_load(models_dir, monkeypatch):
     if not samples:
         pytest.skip("no bundled samples in assets/samples yet")
     for sample in samples:
-        review.readupload(sample.path.read_bytes())  # every bundled sample decodes
+        review.read_upload(sample.path.read_bytes())  # every bundled sample decodes
 
 
 @pytest.mark.parametrize("page", ["pages/prototypes.py", "pages/evaluation.py", "pages/model_card.py"])
