@@ -279,12 +279,31 @@ def _junk() -> dict[str, tuple[bytes, str]]:
     }
 
 
+def _bounds() -> dict[str, tuple[bytes, str]]:
+    """Sizes that lie, bombs with a small file, and damaged data that decoders fill in silently (heavy.py)."""
+    from dprotonet_core.data.codestreams import MAX_JPEG_SCANS
+    from tests.hostile import heavy
+
+    return {
+        "dicom_pixel_data_longer_than_header.dcm": (heavy.dicom_pixel_data_too_long(), "error"),
+        "dicom_jpeg_frame_says_30000.dcm": (heavy.dicom_jpeg_frame_lie(), "error"),
+        "dicom_j2k_frame_says_30000.dcm": (heavy.dicom_j2k_frame_lie(), "error"),
+        "dicom_rle_segment_64mib.dcm": (heavy.rle_bomb(64), "error"),
+        "dicom_rle_ok.dcm": (heavy.rle_ok(), "image"),
+        "dicom_deflate_to_300mib.dcm": (heavy.deflate_bomb(300), "error"),
+        "dicom_deflated_ok.dcm": (heavy.deflated_ok(), "image"),
+        "tiff_5000_pages.tif": (heavy.tiff_many_pages(5000), "image"),
+        "jpeg_too_many_scans.jpg": (heavy.jpeg_with_scans(MAX_JPEG_SCANS + 1), "error"),
+        "jpeg_half_then_eoi.jpg": (heavy.jpeg_half_then_eoi(), "error"),
+    }
+
+
 def make_corpus(out_dir: Path | str) -> list[Case]:
     """Write the corpus into out_dir; return [(file name, 'error' | 'image')] (>= 40 cases)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cases: list[Case] = []
-    for name, (data, expectation) in {**_junk(), **_images(), **_dicoms()}.items():
+    for name, (data, expectation) in {**_junk(), **_images(), **_dicoms(), **_bounds()}.items():
         (out / name).write_bytes(data)
         cases.append((name, expectation))
     return cases
