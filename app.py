@@ -1,12 +1,13 @@
 """DProtoNet Review: the Streamlit entry point (`make run`).
 
 Shared sidebar (checkpoint picker) and navigation over pages/; the pages are thin and call
-dprotonet_core.review (computation) through dprotonet_core.ui (Streamlit glue).
+dprotonet_core.review (computation) through app_ui.py (Streamlit glue, beside this file).
 """
 
 import streamlit as st
 
-from dprotonet_core import review, ui
+import app_ui as ui
+from dprotonet_core import review
 
 review.configure_torch()
 review.configure_logging()

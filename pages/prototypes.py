@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from dprotonet_core import review, ui
+import app_ui as ui
+from dprotonet_core import review
 
 ui.page_header("Prototypes", ui.current_entry())
 checkpoint = ui.current_checkpoint()

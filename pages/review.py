@@ -6,7 +6,8 @@ st.fragment that re-renders from the cached mask stacks without any model call.
 
 import streamlit as st
 
-from dprotonet_core import review, ui
+import app_ui as ui
+from dprotonet_core import review
 from dprotonet_core.data.io import Window
 
 S = st.session_state

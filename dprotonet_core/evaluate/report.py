@@ -17,12 +17,15 @@ import csv
 import json
 import math
 import os
+import re  # noqa: F401
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
-from dprotonet_core.evaluate.runner import TABLE5_COLUMNS, CamEvaluation, Predictions, per_image_rows
+from dprotonet_core.evaluate.results import EVALUATION_DIR, TABLE5_COLUMNS, CamEvaluation, Predictions, per_image_rows
 
 FIGURES_DIR = "figures"
 _CHROMIUM = "/usr/bin/chromium"
@@ -217,3 +220,56 @@ def write_reports(out: Path, metrics: dict, pred: Predictions, cams: CamEvaluati
                      "predictions": "predictions.csv", "per_image": "per_image.csv"}
     (out / "metrics.json").write_text(json.dumps(safe, indent=2))
     return safe
+
+
+# --- reading it back (the Evaluation page) ---------------------------------------------------
+
+
+
+
+@dataclass
+class EvaluationView:
+    """What `python -m dprotonet_core evaluate --attach` stored in <checkpoint>/evaluation/."""
+
+    folder: Path
+    metrics: dict
+    table5: list[dict]  # rows of Table 5, formatted
+    figures: dict[str, Any]  # name -> plotly Figure (read from the stored JSON)
+    problems: list[str]
+
+
+def load_evaluation(checkpoint_path: Path) -> EvaluationView | None:
+    """Read the stored evaluation; None when there is none. Only JSON/CSV are read (no pickles)."""
+    import plotly.io as pio
+
+    folder = Path(checkpoint_path) / EVALUATION_DIR
+    metrics_path = folder / "metrics.json"
+    if not metrics_path.is_file():
+        return None
+    problems: list[str] = []
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return EvaluationView(folder, {}, [], {}, [f"metrics.json cannot be read ({exc})"])
+    table = metrics.get("table5") or {}
+    columns = table.get("columns") or []
+    better = table.get("higher_is_better") or {}
+    rows = []
+    for row in table.get("rows") or []:
+        out = {"Method": row.get("name", row.get("method", "?"))}
+        for c in columns:
+            value = row.get(c)
+            out[f"{c} {'↑' if better.get(c) else '↓'}"] = "n/a" if value is None else f"{float(value):.3f}"
+        out["images"] = row.get("n_images")
+        rows.append(out)
+    figures: dict[str, Any] = {}
+    for name, entry in ((metrics.get("figures") or {}).get("files") or {}).items():
+        rel = entry.get("json") if isinstance(entry, dict) else None
+        path = (folder / rel).resolve() if rel else None
+        if path is None or folder.resolve() not in path.parents or not path.is_file():
+            continue
+        try:
+            figures[name] = pio.read_json(str(path))
+        except Exception as exc:  # a damaged figure must not take the page down
+            problems.append(f"figure {name} cannot be read ({type(exc).__name__})")
+    return EvaluationView(folder, metrics, rows, figures, problems)

@@ -28,21 +28,23 @@ from tqdm import tqdm
 from dprotonet_core.checkpoint import load_checkpoint
 from dprotonet_core.config import EvalConfig, OverlayConfig, to_dict
 from dprotonet_core.evaluate import metrics as M
-from dprotonet_core.evaluate.cams import DISPLAY_NAMES, check_methods, compute_cam
+from dprotonet_core.evaluate.cams import check_methods, compute_cam
 from dprotonet_core.evaluate.data import EvalData, load_eval_data
+from dprotonet_core.evaluate.report import write_reports
+from dprotonet_core.evaluate.results import (
+    EVALUATION_DIR,
+    HIGHER_IS_BETTER,
+    TABLE5_COLUMNS,
+    CamEvaluation,
+    MethodScores,
+    Predictions,
+    table5_row,
+)
 from dprotonet_core.inference import decide, decision_rule
 from dprotonet_core.model.dprotonet import DProtoNet
 
-TABLE5_COLUMNS = ("AD", "AI", "D", "I", "DICE", "IoU", "PPV", "Sensitivity", "s/img")
-LOCALISATION_COLUMNS = ("DICE", "IoU", "PPV", "Sensitivity")
-# Which way is better, for the reports: True = higher.
-HIGHER_IS_BETTER = {
-    "AD": False, "AI": True, "D": False, "I": True, "DICE": True, "IoU": True, "PPV": True,
-    "Sensitivity": True, "s/img": False,
-}
-EVALUATION_DIR = "evaluation"
 _EVAL = EvalConfig()
-_OVERLAY = OverlayConfig()  # inside a checkpoint folder, with --attach
+_OVERLAY = OverlayConfig()
 
 
 def probability_fn(model: DProtoNet) -> M.ProbabilityFn:
@@ -56,19 +58,6 @@ def probability_fn(model: DProtoNet) -> M.ProbabilityFn:
 
 
 # --- 1. classification ----------------------------------------------------------------------
-
-
-@dataclass
-class Predictions:
-    ids: list[str]
-    labels: np.ndarray  # (N,)
-    probabilities: np.ndarray  # (N, C)
-    seconds: float
-    threshold: float | None = None  # the checkpoint's decision threshold on p(class 1); None: argmax (eq. 3)
-
-    @property
-    def predicted(self) -> np.ndarray:
-        return decide(self.probabilities, self.threshold)
 
 
 def predict_split(model: DProtoNet, data: EvalData, batch_size: int, progress: bool = True,
@@ -154,19 +143,6 @@ def select_cam_images(data: EvalData, limit: int, subset: str) -> list[int]:
     return [candidates[i] for i in picks]
 
 
-@dataclass
-class MethodScores:
-    """Per-image results of one method, in image order."""
-
-    ids: list[str] = field(default_factory=list)
-    original: list[float] = field(default_factory=list)  # Y_i^c
-    explained: list[float] = field(default_factory=list)  # O_i^c
-    deletion: list[np.ndarray] = field(default_factory=list)
-    insertion: list[np.ndarray] = field(default_factory=list)
-    localisation: list[dict[str, float] | None] = field(default_factory=list)  # None: no ground truth
-    seconds: list[float] = field(default_factory=list)
-
-
 def _score_image(
     scores: MethodScores, prob: M.ProbabilityFn, x: torch.Tensor, target: int, cam: np.ndarray,
     truth: np.ndarray | None, cfg: EvalConfig, top_percent: float,
@@ -187,14 +163,6 @@ def _score_image(
     has_truth = truth is not None and truth.any()
     scores.localisation.append(M.localisation_scores(cam, truth, top_percent) if has_truth else None)
     return fractions
-
-
-@dataclass
-class CamEvaluation:
-    methods: dict[str, MethodScores]
-    fractions: np.ndarray
-    image_ids: list[str]
-    targets: list[int]
 
 
 def evaluate_cams(
@@ -231,44 +199,6 @@ def evaluate_cams(
     return CamEvaluation(results, fractions, ids, targets)
 
 
-def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else math.nan
-
-
-def table5_row(method: str, scores: MethodScores, fractions: np.ndarray) -> dict:
-    """One Table-5 row: AD, AI, D, I, DICE, IoU, PPV, Sensitivity and seconds per image."""
-    row: dict = {"method": method, "name": DISPLAY_NAMES.get(method, method)}
-    row["AD"] = M.average_drop(scores.original, scores.explained) if scores.original else math.nan
-    row["AI"] = M.average_increase(scores.original, scores.explained) if scores.original else math.nan
-    row["D"] = _nanmean([M.curve_auc(fractions, c) for c in scores.deletion])
-    row["I"] = _nanmean([M.curve_auc(fractions, c) for c in scores.insertion])
-    located = [loc for loc in scores.localisation if loc is not None]
-    for key in LOCALISATION_COLUMNS:
-        row[key] = _nanmean([loc[key] for loc in located])
-    row["s/img"] = _nanmean(scores.seconds)
-    row["n_images"] = len(scores.original)
-    row["n_localisation"] = len(located)
-    return row
-
-
-def per_image_rows(cams: CamEvaluation) -> list[dict]:
-    """One record per (method, image): Y, O, D, I, localisation and seconds, for per_image.csv."""
-    records = []
-    for method, scores in cams.methods.items():
-        for i, item_id in enumerate(scores.ids):
-            loc = scores.localisation[i] or {}
-            records.append({
-                "method": method, "id": item_id, "target": cams.targets[i],
-                "Y": scores.original[i], "O": scores.explained[i],
-                "D": M.curve_auc(cams.fractions, scores.deletion[i]),
-                "I": M.curve_auc(cams.fractions, scores.insertion[i]),
-                **{key: loc.get(key) for key in LOCALISATION_COLUMNS},
-                "seconds": scores.seconds[i],
-            })
-    return records
-
-
 # --- 3. the whole run -----------------------------------------------------------------------
 
 
@@ -297,7 +227,6 @@ def _top_percent(request: EvalRequest, cfg: EvalConfig) -> float:
 
 def run_evaluation(request: EvalRequest, cfg: EvalConfig = _EVAL, progress: bool = True) -> dict:
     """Evaluate, write the reports to request.out (and the checkpoint with attach); returns metrics.json's dict."""
-    from dprotonet_core.evaluate.report import write_reports
 
     methods = check_methods(request.methods)
     checkpoint = load_checkpoint(request.checkpoint, device=request.device)

@@ -159,7 +159,7 @@ def test_no_valid_checkpoint_keeps_app_working(monkeypatch, tmp_path):
 
     make_invalid_checkpoint(tmp_path / "only-broken")
     monkeypatch.setenv("DPROTONET_MODELS_DIR", str(tmp_path))
-    monkeypatch.setattr("dprotonet_core.review.DEFAULT_MODELS_DIR", tmp_path / "none")
+    monkeypatch.setattr("dprotonet_core.review.catalogue.DEFAULT_MODELS_DIR", tmp_path / "none")
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception
     assert any("No usable checkpoint" in w.value for w in at.sidebar.warning)

@@ -195,7 +195,7 @@ def test_every_hostile_upload_gives_one_message_or_a_result_and_memory_stays_bou
 
 def test_oversized_upload_is_one_message_and_session_keeps_working(models_dir, normal_png, tmp_path, monkeypatch):
     """A file over MAX_UPLOAD_MB (Streamlit's own cap is the same number) is refused before decoding."""
-    monkeypatch.setattr(review, "MAX_UPLOAD_MB", 1)
+    monkeypatch.setattr(review.case, "MAX_UPLOAD_MB", 1)
     at = open_app(models_dir, monkeypatch, tmp_path / "no-samples")
     assert outcome(upload(at, "big.png", normal_png[:8] + b"\x00" * (1024 * 1024 + 1)), "big.png") == "error"
     assert "1 MB" in messages(at)[0]
@@ -209,7 +209,7 @@ def test_mdm_time_limit_gives_a_result_with_a_message(models_dir, normal_png, tm
     def capped(checkpoint, x, prototype, profile="fast", progress=None, cancel=None, time_limit_s=0.0):
         return original(checkpoint, x, prototype, profile, progress, cancel, 0.0)
 
-    monkeypatch.setattr(review, "explain", capped)
+    monkeypatch.setattr(review.explanation, "explain", capped)
     at = open_app(models_dir, monkeypatch, tmp_path / "no-samples")
     assert outcome(upload(at, "normal.png", normal_png), "normal.png") == "image"
     assert any("time limit" in str(w.value) for w in at.warning), [w.value for w in at.warning]

@@ -82,7 +82,7 @@ def test_broken_upload_is_one_line_review_error(data):
 
 
 def test_oversized_upload_refused_before_decoding(monkeypatch):
-    monkeypatch.setattr(review, "MAX_UPLOAD_MB", 0)
+    monkeypatch.setattr(review.case, "MAX_UPLOAD_MB", 0)
     with pytest.raises(review.ReviewError, match="larger than"):
         review.read_upload(b"x" * 10)
 
@@ -116,7 +116,7 @@ def test_cached_case_is_bounded_and_hits_without_a_model_call(checkpoint, monkey
     store: dict = {}
     loaded = review.read_upload(_png(np.zeros((32, 32, 3), np.uint8)))
     first = review.cached_case(store, "a", None, checkpoint, loaded)
-    monkeypatch.setattr(review, "predict", lambda *a: pytest.fail("cache hit called the model"))
+    monkeypatch.setattr(review.case, "predict", lambda *a: pytest.fail("cache hit called the model"))
     assert review.cached_case(store, "a", None, checkpoint, loaded) is first
     monkeypatch.undo()
     for i in range(review.MAX_CACHED_CASES + 3):
@@ -130,7 +130,7 @@ def test_explanation_stacks_and_cache(case, checkpoint, explanation, monkeypatch
     assert 0 <= explanation.query_stack.min() and explanation.query_stack.max() <= 1
     cache = review.ExplanationCache(max_entries=2)
     calls = []
-    monkeypatch.setattr(review, "explain", lambda *a, **k: calls.append(a) or explanation)
+    monkeypatch.setattr(review.explanation, "explain", lambda *a, **k: calls.append(a) or explanation)
     for prototype in (0, 1, 0, 2, 3):
         review.explain_cached(cache, case.key, checkpoint, case.x, prototype, "fast")
     assert len(cache) == 2 and len(calls) == 4  # the second 0 was a hit; LRU kept the last two

@@ -1,7 +1,8 @@
 """Streamlit glue shared by app.py and the pages: cached model loading, the checkpoint picker, banners.
 
 Everything that computes lives in `dprotonet_core.review`; this module only binds it to Streamlit's caches,
-session state and widgets. Per-user state lives in `st.session_state` under the keys below.
+session state and widgets. It lives beside app.py, not in the library, so `dprotonet_core` never imports
+Streamlit. Per-user state lives in `st.session_state` under the keys below.
 """
 
 from __future__ import annotations

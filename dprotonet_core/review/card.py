@@ -1,0 +1,167 @@
+"""The model card page: the card's sections, performance rows with intervals, integrity and provenance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dprotonet_core.evaluate.metrics import auc_interval, wilson_interval
+from dprotonet_core.review.gallery import PrototypeCard
+
+CARD_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Intended use and limits", ("intended_use", "limitations", "warnings", "out_of_scope")),
+    ("What it accepts, and how it decides", ("accepts", "decision_threshold", "ood")),
+    ("Data", ("data", "trained_on", "dataset", "training_data", "split", "synthetic", "prototype_sources")),
+    ("Training", ("training", "train_config", "loss_config", "mdm_config", "projection", "demo_plan",
+                  "backbone_weights", "command_line", "seed", "build_seconds", "epoch_seconds")),
+    ("Metrics", ("metrics",)),
+    ("Model", ("classes", "backbone", "input_size", "model_config", "normalisation", "dtype")),
+    ("Versions", ("software", "format_version")),
+)
+
+
+def card_sections(card: dict) -> list[tuple[str, dict[str, Any]]]:
+    """card.json grouped for display; fields not named above go under 'Other'; hashes and tensor
+    shapes are shown separately (see card_integrity)."""
+    used = {"sha256", "tensors", "name", "task"}
+    sections = []
+    for title, keys in CARD_SECTIONS:
+        fields = {k: card[k] for k in keys if k in card}
+        used.update(fields)
+        if fields:
+            sections.append((title, fields))
+    rest = {k: v for k, v in card.items() if k not in used}
+    if rest:
+        sections.append(("Other", rest))
+    return sections
+
+
+def _percent(value: Any) -> str | None:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+PERFORMANCE_CAPTION = (
+    "The held-out test split was never used for training, model selection or choosing the threshold. The 95% "
+    "interval (Wilson for proportions, Hanley & McNeil for ROC AUC) is the range a test set of that size cannot "
+    "tell apart."
+)
+
+
+def performance_rows(card: dict) -> list[dict[str, str]]:
+    """The card's measured figures as readable rows (Measure, Value, 95% interval, Measured on), most important
+    first: held-out test, the backbone-only baseline on the same images (Table 3), single- vs multi-image
+    projection (Table 4), validation, fp16. Accuracies on a stated number of images carry their Wilson
+    interval (how far a test set that small can pin them down). Figures a card does not have are left out."""
+    m = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
+    n_test, n_val = m.get("test_images"), m.get("val_images")
+    test_on = f"held-out test split ({n_test} images)" if n_test else "held-out test split"
+    val_on = f"validation split ({n_val} images, selects the epoch)" if n_val else "validation split"
+    rows: list[dict[str, str]] = []
+
+    def add(measure: str, value: Any, on: str, n: Any = None, fmt=_percent) -> None:
+        text = fmt(value)
+        if text is None:
+            return
+        interval = ""
+        if isinstance(n, int) and n > 0 and 0.0 <= value <= 1.0:
+            low, high = wilson_interval(round(value * n), n)
+            interval = f"{100 * low:.1f}% to {100 * high:.1f}%"
+        rows.append({"Measure": measure, "Value": text, "95% interval": interval, "Measured on": on})
+
+    def add_auc(measure: str, value: Any, on: str, positives: Any, negatives: Any) -> None:
+        if not isinstance(value, (int, float)) or value != value:
+            return
+        interval = ""
+        if isinstance(positives, int) and isinstance(negatives, int) and positives > 0 and negatives > 0:
+            low, high = auc_interval(float(value), positives, negatives)
+            interval = f"{low:.3f} to {high:.3f}"
+        rows.append({"Measure": measure, "Value": f"{value:.3f}", "95% interval": interval, "Measured on": on})
+
+    n_pos = m.get("test_positives")
+    n_neg = n_test - n_pos if isinstance(n_test, int) and isinstance(n_pos, int) else None
+    threshold = (card.get("decision_threshold") or {}).get("value")
+    at = f"; answer at p({card['classes'][1]}) >= {threshold:.3f}" if threshold is not None else ""
+    add("Accuracy", m.get("test_accuracy"), test_on + at, n_test)
+    add("Sensitivity (recall of the positive class)", m.get("test_sensitivity"), test_on + at, n_pos)
+    add("Specificity", m.get("test_specificity"), test_on + at, n_neg)
+    add_auc("ROC AUC", m.get("test_roc_auc"), test_on, n_pos, n_neg)
+    for view, fig in sorted((m.get("test_by_view") or {}).items()):
+        if not isinstance(fig, dict):
+            continue
+        on = f"{view} films of the test split ({fig.get('images')} images, {fig.get('positives')} positive){at}"
+        v_pos, v_n = fig.get("positives"), fig.get("images")
+        v_neg = v_n - v_pos if isinstance(v_n, int) and isinstance(v_pos, int) else None
+        add(f"{view} view: accuracy", fig.get("accuracy"), on, v_n)
+        add(f"{view} view: sensitivity", fig.get("sensitivity"), on, v_pos)
+        add_auc(f"{view} view: ROC AUC", fig.get("roc_auc"), on, v_pos, v_neg)
+    argmax = m.get("test_at_argmax") if isinstance(m.get("test_at_argmax"), dict) else {}
+    add("Accuracy at the paper's argmax (eq. 3)", argmax.get("accuracy"), test_on + "; p >= 0.5", n_test)
+    add("Sensitivity at the paper's argmax (eq. 3)", argmax.get("sensitivity"), test_on + "; p >= 0.5", n_pos)
+    b_at = (f"; its own threshold {m['baseline_decision_threshold']:.3f}" if m.get("baseline_decision_threshold")
+            is not None else "")
+    add("Backbone-only classifier, accuracy (Table 3)", m.get("baseline_test_accuracy"),
+        test_on + "; same backbone and epochs, no prototypes" + b_at, n_test)
+    add_auc("Backbone-only classifier, ROC AUC (Table 3)", m.get("baseline_test_roc_auc"),
+            test_on + "; same backbone and epochs, no prototypes", n_pos, n_neg)
+    table4 = m.get("table4_test_accuracy") if isinstance(m.get("table4_test_accuracy"), dict) else {}
+    def views(key: Any) -> str:  # "R=40" -> "40"
+        return str(key).split("=")[-1]
+
+    for key, value in sorted(table4.items(), key=lambda kv: (not views(kv[0]).isdigit(), views(kv[0]).zfill(9))):
+        r = views(key)
+        kind = "single-image" if r == "1" else "multi-image"
+        add(f"Accuracy after {kind} projection, R = {r} (Table 4)", value, test_on + at, n_test)
+    add("Accuracy", m.get("val_accuracy"), val_on, n_val)
+    add("Backbone-only classifier, accuracy (Table 3)", m.get("baseline_val_accuracy"), val_on, n_val)
+    change = m.get("fp16_accuracy_change")
+    add("Accuracy change fp32 -> fp16 (as shipped)", change, val_on,
+        fmt=lambda v: None if _percent(v) is None else f"{100 * v:+.1f} points")
+    return rows
+
+
+def card_integrity(card: dict) -> list[dict[str, str]]:
+    """One row per file with its sha256 (verified on load) and, for the model, the tensor count."""
+    rows = [{"File": name, "sha256": digest} for name, digest in sorted((card.get("sha256") or {}).items())]
+    return rows
+
+
+def card_label(key: str) -> str:
+    """'intended_use' -> 'Intended use'."""
+    return key.replace("_", " ").capitalize()
+
+
+def _card_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def card_value_markdown(key: str, value: Any) -> str | None:
+    """Markdown for a scalar or a list of scalars; None for nested values (shown as JSON)."""
+    if isinstance(value, bool):
+        return f"**{card_label(key)}:** {'yes' if value else 'no'}"
+    if isinstance(value, (str, int, float)) or value is None:
+        return f"**{card_label(key)}:** {value}"
+    if isinstance(value, dict) and value and all(isinstance(v, (str, int, float, bool)) or v is None
+                                                  for v in value.values()):
+        lines = "\n".join(f"- {card_label(str(k))}: {_card_scalar(v)}" for k, v in value.items())
+        return f"**{card_label(key)}**\n\n{lines}"
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        if all(isinstance(v, str) and len(v) > 30 for v in value):
+            return f"**{card_label(key)}:**\n" + "\n".join(f"- {v}" for v in value)
+        return f"**{card_label(key)}:** {', '.join(map(str, value))}"
+    return None
+
+
+def prototype_provenance(card: PrototypeCard) -> list[dict[str, str]]:
+    """The detail table of one prototype."""
+    rows = [
+        {"Field": "Prototype", "Value": f"#{card.index}"},
+        {"Field": "Class", "Value": card.class_name},
+        {"Field": "Source image", "Value": card.source_id},
+        {"Field": "Feature mask index (j)", "Value": str(card.mask_index)},
+        {"Field": "Augmented views R (eq. 9-11)", "Value": str(card.views)},
+    ]
+    rows += [{"Field": f"Weight to {c}", "Value": f"{w:.3f}"} for c, w in card.weights.items()]
+    return rows

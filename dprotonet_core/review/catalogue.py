@@ -1,0 +1,104 @@
+"""The checkpoint catalogue: which checkpoints the app lists, loading one, and what its card says in one line."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dprotonet_core.checkpoint import Checkpoint, CheckpointError, find_checkpoints, load_checkpoint, model_digest
+from dprotonet_core.review.settings import (
+    BUNDLED_CHECKPOINTS,
+    BUNDLED_ENV,
+    DEFAULT_MODELS_DIR,
+    MODELS_DIR_ENV,
+    ReviewError,
+)
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One checkpoint folder the picker offers (valid) or lists as invalid (with the problem)."""
+
+    path: Path
+    card: dict | None
+    problem: str | None
+    bundled: bool
+
+    @property
+    def valid(self) -> bool:
+        return self.problem is None and self.card is not None
+
+    @property
+    def label(self) -> str:
+        name = (self.card or {}).get("name") or self.path.name
+        return f"{name} (demo)" if self.bundled else str(name)
+
+
+def models_dir(environ: dict[str, str] | None = None) -> Path:
+    """The models directory: $DPROTONET_MODELS_DIR, else assets/checkpoints."""
+    value = (environ if environ is not None else os.environ).get(MODELS_DIR_ENV, "").strip()
+    return Path(value).expanduser() if value else DEFAULT_MODELS_DIR
+
+
+def list_checkpoints(root: Path | None = None, bundled_root: Path = DEFAULT_MODELS_DIR) -> list[CheckpointEntry]:
+    """The bundled demo checkpoints that exist, then every folder with a card.json under `root`.
+
+    Only cards and hashes are checked (cheap); a folder that fails is listed with its problem."""
+    root = models_dir() if root is None else root
+    entries: dict[Path, CheckpointEntry] = {}
+    sources = [(bundled_root, True), (root, False)]
+    if os.environ.get(BUNDLED_ENV, "1").strip() == "0":  # a deployment serving only its own checkpoints
+        sources = sources[1:]
+    for base, is_bundled in sources:
+        for path, card, problem in find_checkpoints(base):
+            resolved = path.resolve()
+            if resolved in entries:
+                continue
+            bundled = is_bundled and path.name in BUNDLED_CHECKPOINTS
+            if is_bundled and not bundled:
+                continue  # other folders under assets/ only when assets/ is the models dir
+            entries[resolved] = CheckpointEntry(path=path, card=card, problem=problem, bundled=bundled)
+    bundled_first = sorted(entries.values(), key=lambda e: (not e.bundled, e.path.name))
+    return bundled_first
+
+
+def load_model(path: str | Path) -> Checkpoint:
+    """Load and verify a checkpoint (eval mode, frozen). Wrap with st.cache_resource in the app."""
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as exc:
+        raise ReviewError(f"This checkpoint cannot be used: {exc}") from None
+
+
+def checkpoint_summary(card: dict) -> dict[str, Any]:
+    """The sidebar's lines about a checkpoint: title, task, classes, trained on, synthetic."""
+    data = card.get("data") if isinstance(card.get("data"), dict) else {}
+    trained_on = card.get("trained_on") or data.get("dataset") or "not stated in the card"
+    return {
+        "title": card.get("name", "checkpoint"),
+        "task": card.get("task", "not stated in the card"),
+        "classes": list(card.get("classes", [])),
+        "trained_on": str(trained_on),
+        "synthetic": bool(card.get("synthetic", False)),
+        "backbone": (card.get("model_config") or {}).get("backbone", "?"),
+        "input_size": (card.get("model_config") or {}).get("input_size", "?"),
+        "credit": data_credit(card),
+    }
+
+
+def data_credit(card: dict) -> str:
+    """Who made the data a checkpoint learned from (training and pretraining), as the card credits it."""
+    training = card.get("training_data") if isinstance(card.get("training_data"), dict) else {}
+    credits = [str(training.get("credit") or "").strip()]
+    pretraining = training.get("pretraining") if isinstance(training.get("pretraining"), dict) else {}
+    if pretraining.get("credit"):
+        credits.append(f"backbone pretrained on {pretraining['credit']}")
+    return "; ".join(c for c in credits if c)
+
+
+def checkpoint_id(checkpoint: Checkpoint) -> str:
+    """A stable id for cache keys: the sha256 of the model file (from the verified card)."""
+    digest = model_digest(checkpoint.card)
+    return digest[:16] or str(checkpoint.path)

@@ -1,0 +1,43 @@
+"""What the Evaluation page shows of a checkpoint's stored evaluation (read by evaluate/report.py)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from dprotonet_core.evaluate.report import EvaluationView, load_evaluation  # noqa: F401 - the page reads it here
+
+
+def format_timestamp(value: Any) -> str:
+    """'2026-11-27T07:00:00+00:00' -> '2026-11-27 07:00 UTC'; anything else as text."""
+    text = str(value or "?")
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d)(:\d\d(\.\d+)?)?(\+00:00|Z)?", text)
+    if not match:
+        return text
+    return f"{match.group(1)} {match.group(2)}" + (" UTC" if match.group(5) else "")
+
+
+def classification_metrics(view: EvaluationView) -> dict[str, str]:
+    """Headline classification numbers as text ('n/a' where not measured)."""
+    cls = view.metrics.get("classification") or {}
+    out = {}
+    for key, label in (("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
+                       ("roc_auc", "ROC AUC")):
+        value = cls.get(key)
+        out[label] = "n/a" if not isinstance(value, (int, float)) else f"{value:.3f}"
+    return out
+
+
+def classification_by_view(view: EvaluationView) -> list[dict[str, str]]:
+    """One row per view (AP / PA radiographs) of the stored classification, when the data had views."""
+    rows = []
+    for name, fig in sorted(((view.metrics.get("classification") or {}).get("by_view") or {}).items()):
+        if not isinstance(fig, dict):
+            continue
+        row = {"View": str(name), "Images": str(fig.get("n", "?")), "Positives": str(fig.get("positives", "?"))}
+        for key, label in (("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
+                           ("roc_auc", "ROC AUC")):
+            value = fig.get(key)
+            row[label] = "n/a" if not isinstance(value, (int, float)) or value != value else f"{value:.3f}"
+        rows.append(row)
+    return rows

@@ -1,0 +1,201 @@
+"""Explaining one case: MDM for the query, the prototype side stored or computed, a per-session cache, and
+explanations precomputed for the bundled samples."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dprotonet_core.checkpoint import Checkpoint, model_digest
+from dprotonet_core.config import DEFAULT_MDM_PROFILE
+from dprotonet_core.review.case import samples_dir
+from dprotonet_core.review.catalogue import checkpoint_id
+from dprotonet_core.review.settings import LOG, MAX_CACHED_EXPLANATIONS, MDM_PROFILES, MDM_TIME_LIMIT_S, ReviewError
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Both mask stacks of one detection node; everything the panes need, no model required."""
+
+    prototype: int
+    mask_index: int  # j_x, eq. 12
+    prototype_mask_index: int  # j_pt
+    query_stack: np.ndarray  # (D, S, S) g(d_i^x) in [0, 1]
+    prototype_stack: np.ndarray  # (D, S, S) g(d_i^{x^pt}) from the checkpoint
+    profile: str
+    iterations: int
+    seconds: float
+    stopped_by_time: bool = False
+    precomputed: bool = False  # read from the samples' stored explanations (explain/store.py)
+    query_vectors: tuple[torch.Tensor, ...] = ()  # the D optimised d_i^x (what explain/store.py keeps)
+
+    @property
+    def depth(self) -> int:
+        return int(self.query_stack.shape[0])
+
+
+CacheKey = tuple[str, str, int, str]
+
+
+class ExplanationCache:
+    """A bounded LRU of explanations keyed by (image key, checkpoint id, prototype, profile).
+
+    One per user session; the lock only guards against a page and a fragment of the same session."""
+
+    def __init__(self, max_entries: int = MAX_CACHED_EXPLANATIONS) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[CacheKey, Explanation] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: CacheKey) -> Explanation | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: CacheKey, value: Explanation) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(e.query_stack.nbytes + e.prototype_stack.nbytes for e in self._items.values())
+
+
+def explanation_key(key_image: str, checkpoint: Checkpoint, prototype: int, profile: str) -> CacheKey:
+    """(image hash + window, checkpoint, prototype, MDM profile): what an explanation depends on."""
+    return (key_image, checkpoint_id(checkpoint), int(prototype), profile)
+
+
+def prototype_stack(checkpoint: Checkpoint, prototype: int) -> np.ndarray:
+    """The stored prototype-side stack g(d_i^{x^pt}) (eq. 14/16) at the model's input size."""
+    from dprotonet_core.explain import mdm
+
+    vectors = checkpoint.prototype_mask_vectors
+    if not vectors:
+        raise ReviewError("This checkpoint stores no prototype heatmaps (mask vectors); re-run projection.")
+    size = int(checkpoint.model.config.input_size)
+    return mdm.mask_stack([v[prototype] for v in vectors], size)
+
+
+ProgressCallback = Callable[[float, str], None]
+
+
+def explain(
+    checkpoint: Checkpoint,
+    x: torch.Tensor,
+    prototype: int,
+    profile: str = DEFAULT_MDM_PROFILE,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+    time_limit_s: float = MDM_TIME_LIMIT_S,
+) -> Explanation:
+    """MDM on the query (eq. 12-13) for one prototype, plus the stored prototype side (eq. 14).
+
+    `progress(fraction, text)` is called as iterations run; `cancel()` returning True stops the run
+    (ReviewError). The run stops at `time_limit_s` and the result says so."""
+    from dprotonet_core.explain import mdm
+
+    if profile not in MDM_PROFILES:
+        raise ReviewError(f"Unknown explanation profile {profile!r}.")
+    # channels_last=False: mdm.frozen() would otherwise convert the shared model's memory format back and forth,
+    # and the model is shared by every session of the server (st.cache_resource).
+    cfg = dataclasses.replace(mdm.profile(profile), time_limit=time_limit_s, channels_last=False)
+
+    def report(step: int, total: int, _loss: float) -> None:
+        if progress is not None:
+            progress(min(1.0, step / max(total, 1)), f"Explaining: iteration {step} of at most {total}")
+
+    try:
+        result = mdm.explain_query(checkpoint.model, x[0], prototype, cfg, progress=report, cancel=cancel)
+    except mdm.MDMCancelled:
+        raise ReviewError("The explanation was cancelled.") from None
+    record = checkpoint.prototypes[prototype] if checkpoint.prototypes else None
+    return Explanation(
+        prototype=prototype,
+        mask_index=int(result.node.mask_index),
+        prototype_mask_index=int(record.mask_index) if record else -1,
+        query_stack=np.asarray(result.result.stack, dtype=np.float32),
+        prototype_stack=prototype_stack(checkpoint, prototype),
+        profile=profile,
+        iterations=int(result.result.iterations),
+        seconds=float(result.result.seconds),
+        stopped_by_time=bool(result.result.stopped_by_time),
+        query_vectors=tuple(result.result.vectors),
+    )
+
+
+def explain_cached(
+    cache: ExplanationCache,
+    key_image: str,
+    checkpoint: Checkpoint,
+    x: torch.Tensor,
+    prototype: int,
+    profile: str = DEFAULT_MDM_PROFILE,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+    time_limit_s: float = MDM_TIME_LIMIT_S,
+) -> Explanation:
+    """`explain` through the session's cache, then the bundled samples' stored explanations: a hit
+    costs no model call."""
+    key = explanation_key(key_image, checkpoint, prototype, profile)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    value = stored_explanation(checkpoint, x, prototype, profile)
+    if value is not None:
+        cache.put(key, value)
+        return value
+    value = explain(checkpoint, x, prototype, profile, progress, cancel, time_limit_s)
+    cache.put(key, value)
+    LOG.info("explanation: image %s, checkpoint %s, prototype %d, %s profile, %d iterations%s (%.2f s)",
+             key_image[:12], key[1], prototype, profile, value.iterations,
+             ", stopped by the time limit" if value.stopped_by_time else "", value.seconds)
+    return value
+
+
+def stored_explanations_dir(environ: dict[str, str] | None = None) -> Path:
+    """Where make-demo stores the samples' precomputed explanations: <samples>/explanations."""
+    return samples_dir(environ) / "explanations"
+
+
+def stored_explanation(checkpoint: Checkpoint, x: torch.Tensor, prototype: int, profile: str) -> Explanation | None:
+    """A sample's explanation computed when the demo was built, if it matches exactly (explain/store.py)."""
+    from dprotonet_core.explain import mdm, store
+
+    digest = model_digest(checkpoint.card)
+    if not digest or profile not in MDM_PROFILES:
+        return None
+    found = store.load(stored_explanations_dir(), x[0], digest, prototype, profile, mdm.profile(profile))
+    if found is None:
+        return None
+    record = checkpoint.prototypes[prototype] if checkpoint.prototypes else None
+    return Explanation(
+        prototype=prototype,
+        mask_index=found.mask_index,
+        prototype_mask_index=int(record.mask_index) if record else -1,
+        query_stack=store.stack(found, int(checkpoint.model.config.input_size)),
+        prototype_stack=prototype_stack(checkpoint, prototype),
+        profile=profile,
+        iterations=found.iterations,
+        seconds=found.seconds,
+        precomputed=True,
+        query_vectors=tuple(found.vectors),
+    )

@@ -1,0 +1,219 @@
+"""Rendering the two panes of a case from its explanation and the display settings (zero model calls)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dprotonet_core.checkpoint import Checkpoint
+from dprotonet_core.config import OverlayConfig
+from dprotonet_core.data import io as image_io
+from dprotonet_core.review.case import Case
+from dprotonet_core.review.explanation import Explanation
+from dprotonet_core.review.settings import DISPLAY_SIZE, EMPTY_STACK, MDM_TIME_LIMIT_S, PROFILE_SHORT_NAMES, VIEWS, View
+
+
+@dataclass(frozen=True)
+class DisplaySettings:
+    """The controls of the image fragment (eq. 15-18): nothing here needs a model call."""
+
+    gamma: float = 3.0
+    alpha: float = 0.5
+    beta: float = 0.3
+    view: View = "heatmap"
+    colormap: str = "jet"
+
+    def describe(self) -> str:
+        return (
+            f"gamma {self.gamma:g}, alpha {self.alpha:g}, beta {self.beta:g}, "
+            f"view: {VIEWS.get(self.view, self.view).lower()}, colormap {self.colormap}"
+        )
+
+
+def default_settings() -> DisplaySettings:
+    """The paper's defaults (gamma 3, alpha 0.5, beta 0.3)."""
+    cfg = OverlayConfig()
+    return DisplaySettings(gamma=cfg.gamma, alpha=cfg.alpha, beta=cfg.beta, colormap=cfg.colormap)
+
+
+@dataclass(frozen=True)
+class Pane:
+    """One rendered pane and what the page says under it."""
+
+    image: np.ndarray  # uint8 (size, size, 3)
+    empty: bool  # no pixel reached gamma
+    max_sum: float  # the largest gamma that still leaves a region
+    boxes: int  # connected decision regions
+
+
+def render_pane(image: np.ndarray, stack: np.ndarray, settings: DisplaySettings, size: int = DISPLAY_SIZE) -> Pane:
+    """One pane: the image (H, W[, 3], [0, 1] or uint8) overlaid with its CAM at `settings`.
+
+    S = sum_i g(d_i) is summed at the stack's resolution and upsampled to the display once; then
+    eq. 15/16 (CAM at gamma) and eq. 17 (heatmap), eq. 18 (binary mask image) or the decision region's
+    outline with its bounding box. Pure numpy: no model call."""
+    from dprotonet_core.explain import overlay
+
+    rgb = _as_rgb01(image)
+    if rgb.shape[:2] != (size, size):
+        rgb = _resize_rgb(rgb, size)
+    total = _resize_map(overlay.mask_sum(stack), size)
+    a = overlay.cam(total, settings.gamma)
+    if settings.view == "binary":
+        out = overlay.binary_image(rgb, a.map)
+    elif settings.view == "outline":
+        out = overlay.outline_image(rgb, a)
+    else:
+        out = overlay.heatmap_image(rgb, a.map, settings.alpha, settings.beta, settings.colormap)
+    boxes = 0 if a.empty else len(overlay.decision_boxes(a, min_area=max(1, size * size // 2000)))
+    return Pane(image=np.asarray(out, dtype=np.uint8), empty=a.empty, max_sum=a.max_sum, boxes=boxes)
+
+
+def _resize_map(values: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of a 2-D map to (size, size), float32."""
+    if values.shape == (size, size):
+        return values.astype(np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None]
+    out = torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)
+    return out[0, 0].numpy()
+
+
+def _resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
+    tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+    return image_io.resize_square(tensor, size).permute(1, 2, 0).numpy()
+
+
+def _as_rgb01(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 3), uint8 or float [0, 1] -> float32 (H, W, 3) in [0, 1]."""
+    array = np.asarray(image)
+    rgb = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    return np.clip(rgb, 0, 1)
+
+
+def colorscale(colormap: str) -> list[list[Any]]:
+    """A plotly colorscale equal to the overlay's colormap (for the legend)."""
+    from dprotonet_core.explain import overlay
+
+    lut = overlay.colormap_lut(colormap)
+    idx = np.linspace(0, 255, 17).round().astype(int)
+    return [[float(i / 255), f"rgb({r},{g},{b})"] for i, (r, g, b) in zip(idx, lut[idx])]
+
+
+def png_bytes(image: np.ndarray, compress_level: int = 6) -> bytes:
+    """A uint8 RGB array as PNG bytes with no text chunks (no metadata at all)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def panes_figure(
+    query: np.ndarray,
+    prototype: np.ndarray,
+    titles: tuple[str, str],
+    settings: DisplaySettings,
+    height: int = 540,
+    truth_boxes: Iterable[tuple[float, ...]] = (),
+) -> dict[str, Any]:
+    """A plotly figure (as a dict) with two image panes whose axes are linked: zoom or pan one and the
+    other follows. Both panes use the same square frame (the model's input, scaled to the display size).
+
+    Built as a plain dict (no make_subplots): building is then a few milliseconds per slider move."""
+    import base64
+
+    n = int(query.shape[0])
+    data: list[dict[str, Any]] = []
+    for suffix, image in (("", query), ("2", prototype)):
+        uri = "data:image/png;base64," + base64.b64encode(png_bytes(image, compress_level=1)).decode("ascii")
+        data.append({"type": "image", "source": uri, "xaxis": f"x{suffix}", "yaxis": f"y{suffix}",
+                     "hoverinfo": "skip"})
+    if settings.view == "heatmap":
+        data.append({
+            "type": "scatter", "x": [None], "y": [None], "mode": "markers", "showlegend": False,
+            "hoverinfo": "skip", "xaxis": "x2", "yaxis": "y2",
+            "marker": {
+                "colorscale": colorscale(settings.colormap), "cmin": 0, "cmax": 1, "color": [0], "showscale": True,
+                "colorbar": {"title": {"text": "Relevance for<br>the decision", "side": "right"},
+                             "tickvals": [0, 0.5, 1], "ticktext": ["low", "", "high"], "len": 0.9,
+                             "thickness": 14},
+            },
+        })
+    axis = {"showticklabels": False, "showgrid": False, "zeroline": False, "ticks": "", "showline": False,
+            "range": [-0.5, n - 0.5]}
+    layout = {
+        "height": height, "margin": {"l": 4, "r": 4, "t": 36, "b": 4}, "dragmode": "zoom",
+        "paper_bgcolor": "white", "plot_bgcolor": "white",
+        "xaxis": {**axis, "domain": [0.0, 0.47]},
+        "xaxis2": {**axis, "domain": [0.5, 0.97], "matches": "x"},
+        "yaxis": {**axis, "range": [n - 0.5, -0.5], "scaleanchor": "x"},
+        "yaxis2": {**axis, "range": [n - 0.5, -0.5], "matches": "y", "scaleanchor": "x2"},
+        "annotations": [
+            {"text": f"<b>{titles[0]}</b>", "x": 0.235, "y": 1.0, "xref": "paper", "yref": "paper",
+             "xanchor": "center", "yanchor": "bottom", "showarrow": False, "font": {"size": 15}},
+            {"text": f"<b>{titles[1]}</b>", "x": 0.735, "y": 1.0, "xref": "paper", "yref": "paper",
+             "xanchor": "center", "yanchor": "bottom", "showarrow": False, "font": {"size": 15}},
+        ],
+    }
+    shapes = [{"type": "rect", "xref": "x", "yref": "y", "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+               "line": {"color": "#00e676", "width": 2, "dash": "dash"}} for x0, y0, x1, y1 in truth_boxes]
+    if shapes:
+        layout["shapes"] = shapes
+    return {"data": data, "layout": layout}
+
+
+@dataclass(frozen=True)
+class RenderedCase:
+    """Both panes at one set of display settings, the linked figure and the words under it."""
+
+    query: Pane
+    prototype: Pane
+    figure: dict[str, Any]  # plotly figure as a dict
+    caption: str
+    notes: list[str]
+
+
+def render_case(
+    case: Case, checkpoint: Checkpoint, explanation: Explanation, settings: DisplaySettings,
+    truth_boxes: Iterable[tuple[float, ...]] = (),
+) -> RenderedCase:
+    """Render the query and the matched prototype's source image with their CAMs (no model call); `truth_boxes`
+    (x0, y0, x1, y1 in pane pixels, `display_boxes`) are drawn dashed on the query pane."""
+    truth_boxes = list(truth_boxes)
+    query = render_pane(case.display, explanation.query_stack, settings)
+    proto = render_pane(checkpoint.prototype_image(explanation.prototype), explanation.prototype_stack, settings)
+    record = checkpoint.prototypes[explanation.prototype] if checkpoint.prototypes else None
+    proto_title = f"Prototype #{explanation.prototype}"
+    if record is not None:
+        proto_title += f" ({record.class_name}), learned from {record.source_id}"
+    figure = panes_figure(query.image, proto.image, ("Your image", proto_title), settings, truth_boxes=truth_boxes)
+    size = checkpoint.model.config.input_size
+    caption = (
+        f"Both images are shown square, as the model sees them ({size} x {size} input); zoom or pan one and the "
+        f"other follows (double-click resets). Heatmap: MDM, {explanation.depth} mask vectors, "
+        f"{explanation.iterations} iterations, {PROFILE_SHORT_NAMES.get(explanation.profile, explanation.profile)}"
+        + (
+            "; this bundled sample's heatmap was computed when the demo was built."
+            if explanation.precomputed
+            else "."
+        )
+        + (" Dashed green: the sample's true box(es) from the dataset's labels." if truth_boxes else "")
+    )
+    notes = []
+    for name, pane in (("your image", query), ("the prototype", proto)):
+        if pane.empty and pane.max_sum < EMPTY_STACK:
+            notes.append(f"The explanation kept no region of {name}: every mask faded out, nothing to show.")
+        elif pane.empty:
+            notes.append(
+                f"No region of {name} reaches gamma = {settings.gamma:g} (its strongest region reaches "
+                f"{pane.max_sum:.1f}). Lower gamma to see it."
+            )
+    if explanation.stopped_by_time:
+        notes.append(f"The explanation stopped at the {MDM_TIME_LIMIT_S:.0f} s time limit; it may be less precise.")
+    return RenderedCase(query, proto, figure, caption, notes)
