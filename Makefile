@@ -7,9 +7,10 @@ PORT ?= 8501
 
 .PHONY: run test install install-dev system-deps lint checkpoints bench clean-venv
 
-$(VENV)/.runtime: requirements.txt
+$(VENV)/.runtime: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -e . --no-deps
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
@@ -49,6 +50,6 @@ checkpoints: install
 		--out runs/eval-palm
 
 bench: install-dev
-	$(PY) bench/mdm.py
-	$(PY) bench/app.py
-	$(PY) bench/backbones.py
+	$(PY) -m bench.mdm_speed
+	$(PY) -m bench.app
+	$(PY) -m bench.backbones

@@ -1,6 +1,6 @@
 """Benchmark of the review app; prints figures, asserts nothing.
 
-    .venv/bin/python bench/app.py [--checkpoint DIR] [--image FILE] [--profile fast|paper] [--no-browser]
+    python -m bench.app [--checkpoint DIR] [--image FILE] [--profile fast|paper] [--no-browser]
 
 Measures, on this machine:
   1. cold start: `streamlit run app.py` spawned -> /_stcore/health ok -> first page shown in Chromium
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -24,21 +23,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench.common import machine_info
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 SHARED = REPO.parent / "shared" / "data"
 DEFAULT_IMAGE = SHARED / "dicom" / "cr-chest-pa-jpeg-baseline.dcm"
-
-
-def machine_info() -> str:
-    import torch
-
-    return (
-        f"{platform.platform()}, python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), load average "
-        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
-    )
 
 
 def pick_checkpoint(explicit: str | None, scratch: Path) -> tuple[Path, str]:
@@ -184,7 +174,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    print("machine:", machine_info())
+    print(f"machine: {machine_info()}; load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint, why = pick_checkpoint(args.checkpoint, Path(scratch))
         print(f"checkpoint: {checkpoint} ({why}); image: {args.image}")

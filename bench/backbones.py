@@ -10,27 +10,22 @@ depend on the weights):
   train step              forward + backward + Adam on a batch of 32, scaled to one epoch of 256 images
 Ratios are against the first backbone, measured in the same run.
 
-    .venv/bin/python bench/backbones.py [--backbones small_resnet resnet18] [--threads 2]
+    python -m bench.backbones [--backbones small_resnet resnet18] [--threads 2]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import argparse
+import dataclasses
+import statistics
+import time
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/...` from anywhere
+import torch
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-from mdm import machine_info  # noqa: E402
-
-from dprotonet_core.config import MDM_PROFILES, ModelConfig  # noqa: E402
-from dprotonet_core.explain.mdm import explain_query  # noqa: E402
-from dprotonet_core.model.dprotonet import DProtoNet  # noqa: E402
+from bench.common import machine_info
+from dprotonet_core.config import MDM_PROFILES, ModelConfig
+from dprotonet_core.explain.mdm import explain_query
+from dprotonet_core.model.dprotonet import DProtoNet
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -1,27 +1,7 @@
-"""What every bench script prints first: the machine, threads and software it measured on."""
+"""Helpers the bench scripts share; what every one prints first: the machine, threads and software it measured on."""
 
 from __future__ import annotations
 
-import os
-import platform
+from dprotonet_core.machine import machine_info
 
-import torch
-
-
-def machine_info(device: torch.device | str = "cpu") -> str:
-    """One line: CPU model, logical CPUs, torch threads, torch and python versions, device."""
-    device = torch.device(device)
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = (f"CPU {cpu}; {os.cpu_count()} logical CPUs; torch threads {torch.get_num_threads()}; "
-            f"torch {torch.__version__}; python {platform.python_version()}; device {device}")
-    if device.type == "cuda":
-        info += f" ({torch.cuda.get_device_name(device)})"
-    return info
+__all__ = ["machine_info"]

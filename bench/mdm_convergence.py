@@ -7,28 +7,25 @@ loss of the two trivial masks: all zeros (delete everything) and all ones (keep 
 profile can only be "faithful to the paper protocol" where that protocol has itself settled.
 Prints figures; asserts nothing.
 
-    .venv/bin/python bench/mdm_convergence.py --checkpoint assets/checkpoints/ichallenge-pm \\
+    python -m bench.mdm_convergence --checkpoint assets/checkpoints/ichallenge-pm \\
         --dataset ichallenge-pm --data ../shared/data/palm-training400-224 --images 3 --its 200 800 1600
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import dataclasses
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/...` from anywhere
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from dprotonet_core.config import MDM_PROFILES  # noqa: E402
-from dprotonet_core.evaluate.metrics import mask_agreement  # noqa: E402
-from dprotonet_core.explain import mdm  # noqa: E402
+from bench.common import machine_info
+from bench.mdm_eta import checkpoint_images
+from dprotonet_core.config import MDM_PROFILES
+from dprotonet_core.evaluate.metrics import mask_agreement
+from dprotonet_core.explain import mdm
 
 
 def summed_loss(model, x, j, target, cfg, vectors) -> float:
@@ -48,9 +45,7 @@ def summed_loss(model, x, j, target, cfg, vectors) -> float:
 
 
 def main() -> None:
-    from mdm_eta import checkpoint_images
-
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, required=True)
     ap.add_argument("--dataset", default="ichallenge-pm")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/palm-training400-224"))
@@ -60,6 +55,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    print(machine_info())
     model, images, _, what = checkpoint_images(args, positives_only=False)
     cfg = MDM_PROFILES[args.profile]
     print(f"{what}\nprofile {args.profile}: {cfg}")

@@ -9,33 +9,28 @@ under each distance form, and what the masks became: mean d, share of d < .05 (c
 truth the IoU of the top-20% of S and the DICE of the top-50% binary mask (the paper's RSNA
 threshold). Prints figures; asserts nothing. Usage:
 
-    .venv/bin/python bench/mdm_eta.py --checkpoint assets/checkpoints/rsna-pneumonia \
+    python -m bench.mdm_eta --checkpoint assets/checkpoints/rsna-pneumonia \
         --dataset rsna --data runs/synthetic-rsna [--images 6] [--iterations 800]
-    .venv/bin/python bench/mdm_eta.py [--size 96] [--epochs 6] [--images 4]   # blob stand-in
+    python -m bench.mdm_eta [--size 96] [--epochs 6] [--images 4]   # blob stand-in
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import dataclasses
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/...` from anywhere
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from dprotonet_core.config import MDMConfig, ModelConfig  # noqa: E402
-from dprotonet_core.data.synthetic import make_blob_images  # noqa: E402
-from dprotonet_core.explain.mdm import explain_query  # noqa: E402
-from dprotonet_core.explain.overlay import cam  # noqa: E402
-from dprotonet_core.model.dprotonet import DProtoNet  # noqa: E402
+from bench.common import machine_info
+from dprotonet_core.config import MDMConfig, ModelConfig
+from dprotonet_core.data.synthetic import make_blob_images
+from dprotonet_core.explain.mdm import explain_query
+from dprotonet_core.explain.overlay import cam
+from dprotonet_core.model.dprotonet import DProtoNet
 
 
 def fit_and_project(model: DProtoNet, epochs: int, n: int = 240, seed: int = 0) -> float:
@@ -145,10 +140,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{args.threads} threads")
-    t0 = time.perf_counter()
     device = torch.device(args.device)
+    print(machine_info(device))
+    t0 = time.perf_counter()
     if args.checkpoint is not None:
         model, test, truths, what = checkpoint_images(args)
         labels = [1] * len(test)

@@ -13,32 +13,27 @@ synthetic blob images first, which gives masks with structure).
 shapes every step); the scale factor is printed. The fidelity reference always runs the whole paper protocol
 (--reference-iterations changes it for smoke runs only). --quick: a smoke run.
 
-    .venv/bin/python bench/mdm.py [--checkpoint DIR] [--images 20] [--quick] [--threads 2]
+    python -m bench.mdm_speed [--checkpoint DIR] [--images 20] [--quick] [--threads 2]
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import dataclasses
+import os
+import threading
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/...` from anywhere
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from dprotonet_core.config import MDM_PROFILES, MDMConfig, ModelConfig, time_compressed  # noqa: E402
-from dprotonet_core.data.synthetic import make_blob_images  # noqa: E402
-from dprotonet_core.evaluate.metrics import mask_agreement  # noqa: E402
-from dprotonet_core.explain.mdm import detection_node, explain_query, optimise_mask_vectors  # noqa: E402
-from dprotonet_core.model.dprotonet import DProtoNet  # noqa: E402
+from bench.common import machine_info
+from dprotonet_core.config import MDM_PROFILES, MDMConfig, ModelConfig, time_compressed
+from dprotonet_core.data.synthetic import make_blob_images
+from dprotonet_core.evaluate.metrics import mask_agreement
+from dprotonet_core.explain.mdm import detection_node, explain_query, optimise_mask_vectors
+from dprotonet_core.model.dprotonet import DProtoNet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,24 +81,6 @@ class PeakMemory:
         return self.peak / 2**20
 
 
-def machine_info(device: torch.device) -> str:
-    cpu = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = (
-        f"CPU {cpu}; {os.cpu_count()} logical CPUs; torch threads {torch.get_num_threads()}; "
-        f"torch {torch.__version__}; python {platform.python_version()}; device {device}"
-    )
-    if device.type == "cuda":
-        info += f" ({torch.cuda.get_device_name(device)})"
-    return info
-
-
 def load_model(args) -> tuple[DProtoNet, str, list[torch.Tensor] | None, list]:
     folder = args.checkpoint
     if folder is not None:
@@ -115,7 +92,7 @@ def load_model(args) -> tuple[DProtoNet, str, list[torch.Tensor] | None, list]:
     model = DProtoNet(ModelConfig(backbone="small_resnet", input_size=224)).eval()
     what = "stand-in small_resnet 224 px, random weights (no checkpoint under assets/checkpoints/)"
     if args.train_epochs:
-        from mdm_eta import fit_and_project
+        from bench.mdm_eta import fit_and_project
 
         fit_and_project(model, args.train_epochs)
         what = f"stand-in small_resnet 224 px trained {args.train_epochs} epochs on synthetic blobs"
@@ -188,11 +165,11 @@ def main() -> None:
         from dprotonet_core.checkpoint import save_checkpoint
 
         save_checkpoint(model.cpu(), args.save_checkpoint, {"classes": ["no blob", "blob"], "synthetic": True,
-                                                            "note": "bench/mdm.py stand-in"})
+                                                            "note": "bench.mdm_speed stand-in"})
         model = model.to(device)
     size = model.config.input_size
     if args.checkpoint is not None:
-        from mdm_eta import checkpoint_images
+        from bench.mdm_eta import checkpoint_images
 
         _, images, _, what_images = checkpoint_images(
             argparse.Namespace(checkpoint=args.checkpoint, dataset=args.dataset, data=args.data,
