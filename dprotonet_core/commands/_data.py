@@ -5,20 +5,11 @@ from __future__ import annotations
 import argparse
 
 from dprotonet_core.data.datasets import DatasetLayoutError, ImageDataset
-from dprotonet_core.data.registry import HFLIP, LOADERS, load_dataset
-from dprotonet_core.data.transforms import train_transform
-
-TASKS = {
-    "ichallenge-pm": "pathologic myopia vs. not, from colour fundus photographs",
-    "rsna": "pneumonia vs. not, from chest radiographs",
-    "cub": "bird species (CUB-200-2011)",
-    "cars": "car model (Stanford Cars)",
-    "folder": "image classification (class-per-folder data)",
-}
+from dprotonet_core.data.registry import DATASETS, load_dataset, train_augmentation
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, choices=sorted(LOADERS), help="layout of --data")
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="layout of --data")
     parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder")
 
 
@@ -38,10 +29,10 @@ def load_splits(
 
 
 def augmentation(name: str, size: int, seed: int):
-    """The training augmentation of section 4.3, as the data package defines it for this dataset.
+    """The training augmentation of section 4.3, as the dataset's spec defines it (flip or not).
 
     Unseeded on purpose: it then draws from torch's global generator, which the trainer reseeds
     from (seed, step) at every step, so an interrupted and resumed run draws what an unbroken one
     would. (`seed` is accepted for symmetry and unused.)"""
     del seed
-    return train_transform(size, None, hflip=HFLIP.get(name, False))
+    return train_augmentation(name, size, seed=None)

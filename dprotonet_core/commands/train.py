@@ -8,8 +8,9 @@ import json
 import shlex
 import sys
 
-from dprotonet_core.commands._data import TASKS, add_data_arguments, augmentation, load_splits
+from dprotonet_core.commands._data import add_data_arguments, augmentation, load_splits
 from dprotonet_core.config import LossConfig, ModelConfig, TrainConfig
+from dprotonet_core.data.registry import dataset_spec
 from dprotonet_core.model.backbones import BACKBONES
 
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     model_cfg = ModelConfig(backbone=args.backbone, input_size=args.input_size, num_classes=len(train_ds.classes),
                             prototypes_per_class=args.prototypes_per_class)
     card = {
-        "task": TASKS.get(args.dataset, "image classification"),
+        "task": dataset_spec(args.dataset).task,
         "synthetic": bool(args.synthetic),
         "training_data": {"dataset": args.dataset, "root": args.data},
     }

@@ -52,7 +52,11 @@ class Item:
 
 
 def boxes_to_mask(boxes: Sequence[Box], orig_size: tuple[int, int], out_size: int | tuple[int, int]) -> np.ndarray:
-    """Boolean mask (out_h, out_w) covering `boxes` (x, y, w, h in pixels of an image of orig_size=(h, w))."""
+    """Boolean mask (out_h, out_w) covering `boxes` (x, y, w, h in pixels of an image of orig_size=(h, w)).
+
+    The one box-to-mask rule: a box covers every output pixel it touches (floor of the start, ceil of the
+    end), clipped to the image. Boxes already in output pixels: pass orig_size == out_size.
+    """
     out_h, out_w = (out_size, out_size) if isinstance(out_size, int) else out_size
     orig_h, orig_w = orig_size
     mask = np.zeros((out_h, out_w), dtype=bool)
@@ -67,7 +71,10 @@ def boxes_to_mask(boxes: Sequence[Box], orig_size: tuple[int, int], out_size: in
 def stratified_split(labels: Sequence[int], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
     """Split indices into (train, val) keeping each class's share; deterministic from `seed`.
 
-    Every class with at least 2 items puts at least one in each part.
+    Every class with at least 2 items puts at least one in each part. The one stratified split: the loaders
+    (split_items) and the trainer, when it carves a validation part itself, both call it. The shipped
+    checkpoints' cards list the val/test ids it gave, so its draws (numpy's default_rng, a shuffle per
+    class in sorted class order) must not change.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError("val_fraction must be in [0, 1)")

@@ -1,9 +1,12 @@
 """Tensor transforms on (C, H, W) float images in [0, 1] (torchvision.transforms.v2).
 
-Training augmentation follows the paper's section 4.3: each image is rotated, perspective-warped, sheared
-and distorted (elastic). Horizontal flips are optional: sensible for birds, cars and fundus photographs,
-not for chest radiographs (the heart is on the left). No mean/std normalisation here: the model takes
-[0, 1] pixels and normalises internally.
+Training augmentation follows the paper's section 4.3: "each image is rotated, perspective, sheared, and
+distorted" (elastic). `train_transform` is the only training augmentation in the code; train, project and
+the trainer get it through registry.train_augmentation, which sets `hflip` from the dataset's DatasetSpec
+(backbone pretraining on chest films, not a registry dataset, passes hflip=False itself).
+DEVIATION (addition): the paper names no flips; a random horizontal flip is added where the spec allows it
+(birds, cars, fundus photographs), never for chest radiographs. No mean/std normalisation here: the model
+takes [0, 1] pixels and normalises internally.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import torch
 from torchvision.transforms import v2
 
 from dprotonet_core.data.io import resize_square
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 class _ResizeSquare(torch.nn.Module):
@@ -48,18 +53,20 @@ class SeededTransform:
             return self.transform(image)
 
 
-def eval_transform(size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def eval_transform(size: int) -> Transform:
     """Deterministic evaluation transform: float [0, 1], resized to (size, size)."""
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), _ResizeSquare(size)])
 
 
 def train_transform(
-    size: int, seed: int | None = None, *, hflip: bool = True, strength: float = 1.0
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Section 4.3 augmentation: rotation, perspective, shear, elastic distortion (+ optional flip).
+    size: int, seed: int | None = None, *, hflip: bool, strength: float = 1.0
+) -> Transform:
+    """Section 4.3 augmentation: rotation, perspective, shear, elastic distortion (+ flip when `hflip`).
 
-    `strength` scales all magnitudes (1.0 = moderate defaults). With `seed`, the sequence of random
-    draws is reproducible.
+    `hflip` has no default: whether mirroring keeps the label is a fact about the dataset, so callers pass
+    their DatasetSpec's (registry.train_augmentation does). `strength` scales all magnitudes (1.0 = moderate
+    defaults). With `seed`, the sequence of random draws is reproducible; without, it draws from torch's
+    global generator.
     """
     steps: list[torch.nn.Module] = [v2.ToDtype(torch.float32, scale=True), _ResizeSquare(size)]
     if hflip:

@@ -19,6 +19,10 @@ import numpy as np
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
+# Boxes become a ground-truth mask by the loaders' function (re-exported here for metric code): one rule for
+# which pixels a box covers. It lives in data because data never imports evaluate.
+from dprotonet_core.data.datasets import boxes_to_mask as boxes_to_mask
+
 ProbabilityFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -182,16 +186,6 @@ def localisation_sensitivity(pred: np.ndarray, truth: np.ndarray) -> float:
     """Sensitivity = TP / (TP + FN) over pixels: the share of the ground truth the CAM covers."""
     tp, _, fn = _pixel_counts(pred, truth)
     return _ratio(tp, tp + fn)
-
-
-def boxes_to_mask(boxes: list[tuple[float, float, float, float]], height: int, width: int) -> np.ndarray:
-    """Boolean (H, W) mask, True inside any (x, y, w, h) box given in pixels of this size."""
-    mask = np.zeros((height, width), bool)
-    for x, y, w, h in boxes:
-        x0, y0 = max(int(math.floor(x)), 0), max(int(math.floor(y)), 0)
-        x1, y1 = min(int(math.ceil(x + w)), width), min(int(math.ceil(y + h)), height)
-        mask[y0:y1, x0:x1] = True
-    return mask
 
 
 def localisation_scores(cam: np.ndarray, truth: np.ndarray, top_percent: float) -> dict[str, float]:

@@ -32,6 +32,8 @@ from tqdm import tqdm
 
 from dprotonet_core.checkpoint import load_checkpoint, save_checkpoint
 from dprotonet_core.config import LossConfig, ModelConfig, TrainConfig, to_dict
+from dprotonet_core.data.datasets import stratified_split
+from dprotonet_core.data.registry import train_augmentation
 from dprotonet_core.model.dprotonet import (
     BackboneClassifier,
     DProtoNet,
@@ -41,7 +43,7 @@ from dprotonet_core.model.dprotonet import (
     similarity_score,
 )
 from dprotonet_core.train import resume as resume_state
-from dprotonet_core.train.data import SubsetView, Transform, paper_augmentation, stratified_split
+from dprotonet_core.train.data import SubsetView, Transform
 from dprotonet_core.train.losses import cross_entropy_term, total_loss
 from dprotonet_core.train.phases import Phase, joint_phase, last_layer_phase, schedule, warm_phase
 from dprotonet_core.train.projection import dataset_ids, dataset_labels, project_prototypes, prototype_records
@@ -55,7 +57,7 @@ class TrainOptions:
     """How to run (not what to learn: that is ModelConfig / TrainConfig / LossConfig)."""
 
     classes: Sequence[str] | None = None  # names, position = label; default: dataset.classes or "class i"
-    augment: Transform | None = None  # training augmentation; None: the paper's (section 4.3)
+    augment: Transform | None = None  # training augmentation; None: section 4.3's, flips per the dataset's spec
     backbone_weights: str | None = None  # local file; None: random init (lr_backbone_scratch applies)
     device: str | None = None  # None: cuda when available, else cpu
     amp: bool = True  # mixed precision for f_b/f_a on CUDA (ignored on CPU)
@@ -237,7 +239,10 @@ class _Run:
             train_idx = list(range(len(labels)))
             self.val = SubsetView(val_dataset, range(len(val_dataset)))
             self.split = "given: the data loader's 'val' split of the training data"
-        augment = options.augment or paper_augmentation(self.model_config.input_size)
+        # No augmentation given: section 4.3's, flipping only if the dataset's name (ImageDataset.name) has a
+        # spec that allows it; unnamed data (TensorImages, ...) gets the class-per-folder spec, no flip.
+        augment = options.augment or train_augmentation(getattr(dataset, "name", None),
+                                                        self.model_config.input_size)
         self.train_plain = SubsetView(dataset, train_idx, None, labels, ids)
         self.train_aug = self.train_plain.with_transform(augment)
         self.augment = augment

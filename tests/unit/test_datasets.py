@@ -148,5 +148,6 @@ def test_stratified_split_keeps_classes() -> None:
 def test_transforms_shapes_and_seed() -> None:
     x = torch.rand(3, 40, 50)
     assert eval_transform(24)(x).shape == (3, 24, 24)
-    a, b = train_transform(24, seed=7)(x), train_transform(24, seed=7)(x)
-    assert torch.equal(a, b) and a.shape == (3, 24, 24) and 0 <= a.min() and a.max() <= 1
+    for hflip in (True, False):
+        a, b = train_transform(24, seed=7, hflip=hflip)(x), train_transform(24, seed=7, hflip=hflip)(x)
+        assert torch.equal(a, b) and a.shape == (3, 24, 24) and 0 <= a.min() and a.max() <= 1

@@ -1,10 +1,11 @@
-"""Trainer helpers: the stratified validation split and batch-norm recalibration."""
+"""Trainer helpers: the stratified validation split it carves (the loaders' one) and batch-norm recalibration."""
 
 from __future__ import annotations
 
 import torch
 
-from dprotonet_core.train.data import TensorImages, stratified_split
+from dprotonet_core.data.datasets import stratified_split
+from dprotonet_core.train.data import TensorImages
 from dprotonet_core.train.loop import recalibrate_batch_norm
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from dprotonet_core.data.datasets import boxes_to_mask
 from dprotonet_core.evaluate import metrics as M
 
 SIZE = 16
@@ -101,8 +102,13 @@ def test_top_percent_binarisation():
 
 
 def test_boxes_to_mask():
-    mask = M.boxes_to_mask([(1, 2, 3, 1)], 5, 6)
-    assert mask.sum() == 3 and mask[2, 1:4].all()
+    # Boxes already in the mask's pixels: original size = output size (the loaders' function, re-exported).
+    mask = M.boxes_to_mask([(1, 2, 3, 1)], (5, 6), (5, 6))
+    assert mask.shape == (5, 6) and mask.sum() == 3 and mask[2, 1:4].all()
+    assert M.boxes_to_mask is boxes_to_mask
+    # fractional edges cover every pixel they touch; boxes past the border are clipped
+    partial = M.boxes_to_mask([(0.5, 0.5, 1.0, 1.0), (4, 3, 10, 10)], (5, 6), (5, 6))
+    assert partial[0:2, 0:2].all() and partial[3:, 4:].all() and partial.sum() == 4 + 4
 
 
 # --- recognition on a model whose answer is known -------------------------------------------
