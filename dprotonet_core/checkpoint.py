@@ -346,3 +346,34 @@ def find_checkpoints(models_dir: str | Path) -> list[tuple[Path, dict | None, st
         except CheckpointError as exc:
             found.append((folder, None, str(exc)))
     return found
+
+
+def replace_prototype_masks(folder: Path | str, vectors: list[torch.Tensor], record: dict) -> None:
+    """Store new prototype-side mask vectors (D tensors (K, a_i, a_i)) in an existing checkpoint folder, with the
+    card's `prototype_mdm` record saying how they were made. The weights file stays byte for byte (its hash
+    keys caches and stored explanations); refuses if re-saving would change any weight."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    ck = load_checkpoint(folder)
+    card = {k: v for k, v in ck.card.items()
+            if k not in ("format_version", "model_config", "tensors", "dtype", "software", "sha256")}
+    card["prototype_mdm"] = record
+    images = [ck.prototype_image(i) for i in range(len(ck.prototypes))]
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        staged = save_checkpoint(ck.model, Path(tmp) / "new", card, ck.prototypes, images, vectors,
+                                 dtype=ck.card.get("dtype", "float16"))
+        before, after = load_file(str(folder / MODEL_FILE)), load_file(str(staged / MODEL_FILE))
+        if before.keys() != after.keys() or any(
+            before[k].dtype != after[k].dtype or not torch.equal(before[k], after[k]) for k in before
+        ):
+            raise RuntimeError(f"{folder}: re-saving changed the weights; refusing to replace them")
+        full = json.loads((staged / CARD_FILE).read_text())
+        full["sha256"][MODEL_FILE] = sha256_file(folder / MODEL_FILE)
+        shutil.rmtree(folder / "prototypes")
+        shutil.move(str(staged / "prototypes"), str(folder / "prototypes"))
+        (folder / CARD_FILE).write_text(json.dumps(full, indent=2))
+    load_checkpoint(folder)  # verifies hashes and shapes of what was written

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
-import shutil
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 # samples.csv's dataset column -> the bundled checkpoint that reads such images
@@ -24,21 +19,18 @@ SAMPLE_CHECKPOINTS = {"ichallenge-pm": "ichallenge-pm", "rsna-pneumonia": "rsna-
 
 
 def machine() -> str:
-    import os
+    from dprotonet_core.machine import machine_info
 
-    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return machine_info()
 
 
 def prototype_side(ckpt, profile: str) -> tuple[list[torch.Tensor], float]:
-    """Eq. 14 for every prototype, from its stored source image and mask index."""
-    from dprotonet_core.explain.mdm import explain_prototypes
+    """Eq. 14 for every prototype, from its stored source image and mask index (explain/pair.py)."""
     from dprotonet_core.explain.mdm import profile as mdm_profile
+    from dprotonet_core.explain.pair import prototype_sides
 
-    images = torch.stack([torch.from_numpy(np.array(ckpt.prototype_image(i))).permute(2, 0, 1).float() / 255
-                          for i in range(len(ckpt.prototypes))])
-    t0 = time.perf_counter()
-    result = explain_prototypes(ckpt.model, images, [r.mask_index for r in ckpt.prototypes], mdm_profile(profile))
-    return result.vectors, time.perf_counter() - t0
+    result, seconds = prototype_sides(ckpt, mdm_profile(profile))
+    return result.vectors, seconds
 
 
 def prototype_mdm_record(profile: str, seconds: float) -> dict:
@@ -52,33 +44,13 @@ def prototype_mdm_record(profile: str, seconds: float) -> dict:
 def refresh_prototype_side(folder: Path, profile: str) -> dict:
     """Recompute and store the prototype-side mask vectors of an existing checkpoint folder; the weights,
     prototypes and everything else in the folder stay as they are. Returns the card's new record."""
-    from safetensors.torch import load_file
+    from dprotonet_core.checkpoint import load_checkpoint, replace_prototype_masks
 
-    from dprotonet_core.checkpoint import CARD_FILE, MODEL_FILE, load_checkpoint, save_checkpoint, sha256_file
-
-    ck = load_checkpoint(folder)
-    vectors, seconds = prototype_side(ck, profile)
-    card = {k: v for k, v in ck.card.items()
-            if k not in ("format_version", "model_config", "tensors", "dtype", "software", "sha256")}
-    card["prototype_mdm"] = prototype_mdm_record(profile, seconds)
-    images = [ck.prototype_image(i) for i in range(len(ck.prototypes))]
-    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-        staged = save_checkpoint(ck.model, Path(tmp) / "new", card, ck.prototypes, images, vectors,
-                                 dtype=ck.card.get("dtype", "float16"))
-        before, after = load_file(str(folder / MODEL_FILE)), load_file(str(staged / MODEL_FILE))
-        if before.keys() != after.keys() or any(
-            before[k].dtype != after[k].dtype or not torch.equal(before[k], after[k]) for k in before
-        ):
-            raise RuntimeError(f"{folder}: re-saving changed the weights; refusing to replace them")
-        # the weights file itself stays byte for byte (its hash keys caches and stored explanations)
-        full = json.loads((staged / CARD_FILE).read_text())
-        full["sha256"][MODEL_FILE] = sha256_file(folder / MODEL_FILE)
-        shutil.rmtree(folder / "prototypes")
-        shutil.move(str(staged / "prototypes"), str(folder / "prototypes"))
-        (folder / CARD_FILE).write_text(json.dumps(full, indent=2))
-    load_checkpoint(folder)  # verifies hashes and shapes of what was written
-    print(json.dumps({"checkpoint": str(folder), "prototype_mdm": card["prototype_mdm"]["seconds"]}), flush=True)
-    return card["prototype_mdm"]
+    vectors, seconds = prototype_side(load_checkpoint(folder), profile)
+    record = prototype_mdm_record(profile, seconds)
+    replace_prototype_masks(folder, vectors, record)
+    print(json.dumps({"checkpoint": str(folder), "prototype_mdm": record["seconds"]}), flush=True)
+    return record
 
 
 def sample_inputs(samples: Path) -> list[tuple[Path, str]]:
@@ -123,7 +95,8 @@ def store_sample_explanations(
             else:
                 explained = review.explain(ck, x, prototype, profile, time_limit_s=float("inf"))  # the app's run
                 store.save(out, x[0], sha, prototype, profile, cfg, list(explained.query_vectors),
-                           explained.mask_index, explained.iterations, explained.seconds, machine())
+                           explained.mask_index, explained.iterations, explained.seconds, machine(),
+                           explained.final_objective, explained.query_method)
                 row.update(seconds=round(explained.seconds, 1),
                            max_S=round(float(explained.query_stack.sum(0).max()), 2))
             print(json.dumps(row), flush=True)

@@ -10,10 +10,9 @@ import torch
 
 from dprotonet_core.checkpoint import CheckpointError
 from dprotonet_core.config import EvalConfig
-from dprotonet_core.evaluate.cams import ALL_METHODS
+from dprotonet_core.data.registry import DATASETS
+from dprotonet_core.evaluate.cams import ALL_METHODS, DEFAULT_METHODS
 from dprotonet_core.evaluate.runner import EvalRequest, run_evaluation
-
-DATASETS = ("rsna", "ichallenge-pm", "cub", "cars", "folder")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,16 +24,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder (card.json, model.safetensors)")
     parser.add_argument("--data", required=True, help="dataset root in its publisher's layout")
     parser.add_argument("--out", required=True, help="folder for metrics.json, table5.md/.csv, curves, figures")
-    parser.add_argument("--dataset", choices=DATASETS, default="folder")
-    parser.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=list(ALL_METHODS), metavar="METHOD",
-                        help=f"CAM methods (default: all): {' '.join(ALL_METHODS)}")
+    parser.add_argument("--dataset", choices=tuple(DATASETS), default="folder")
+    parser.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=list(DEFAULT_METHODS), metavar="METHOD",
+                        help=f"CAM methods: {' '.join(ALL_METHODS)} (default: all but mdm-printed)")
     parser.add_argument("--limit", type=int, default=EvalConfig.cam_limit,
                         help="images that get CAMs (0: classification only)")
     parser.add_argument("--split", choices=("val", "test", "all"), default="val",
                         help="val = the checkpoint's held-out images (ids in its card)")
     parser.add_argument("--attach", action="store_true", help="also copy the reports into <checkpoint>/evaluation/")
     parser.add_argument("--top-percent", type=float, default=None,
-                        help="localisation threshold k (default: 50 for rsna/ichallenge-pm, 80 for cub)")
+                        help="localisation threshold k (default: the dataset's, "
+                        + ", ".join(f"{spec.top_percent:g} for {name}" for name, spec in DATASETS.items()) + ")")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dprotonet_core.checkpoint import CheckpointError, load_checkpoint
     from dprotonet_core.explain import overlay
-    from dprotonet_core.explain.mdm import explain_prototypes, explain_query, mask_stack
+    from dprotonet_core.explain.pair import explain_pair
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,28 +89,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     prediction = _prediction(model, x, ck.classes)
 
-    with tqdm(total=cfg.iterations, desc="MDM query", unit="it") as bar:
-        exp = explain_query(model, x, args.prototype, cfg, progress=lambda *_: bar.update(1))
-    query_stack = exp.result.stack
-    t = exp.node.prototype
-
-    # the prototype side: stored in the checkpoint at projection time (eq. 14), else computed now
-    note = None
-    if ck.prototypes:
-        proto_img = torch.from_numpy(ck.prototype_image(t).astype(np.float32) / 255.0).permute(2, 0, 1)
-        proto_mask = ck.prototypes[t].mask_index
-    else:
-        proto_img, proto_mask = x, exp.node.mask_index
-        note = "checkpoint has no prototype source images; the query image stands in for x^pt"
-    if ck.prototype_mask_vectors is not None:
-        proto_stack = mask_stack([v[t] for v in ck.prototype_mask_vectors], size)
-    else:
-        note = (note + "; " if note else "") + "prototype mask vectors not stored: computed on the fly (eq. 14)"
-        print(f"note: {note}", file=sys.stderr)
-        with tqdm(total=cfg.iterations, desc="MDM prototype", unit="it") as bar:
-            res = explain_prototypes(model, proto_img[None], [proto_mask], cfg, lambda *_: bar.update(1),
-                                     prototypes=[t])
-        proto_stack = res.stack[0]
+    with tqdm(total=cfg.iterations, desc="MDM", unit="it") as bar:
+        pair = explain_pair(ck, x, args.prototype, cfg, args.profile, progress=lambda *_: bar.update(1))
+    if pair.note:
+        print(f"note: {pair.note}", file=sys.stderr)
+    exp_node, result = pair.node, pair.query
+    query_stack, proto_stack, proto_img = result.stack, pair.prototype.stack, pair.prototype.image
+    t = exp_node.prototype
+    note = pair.note
 
     ov = OverlayConfig()
     q_cam = overlay.cam(query_stack, args.gamma)
@@ -128,17 +114,20 @@ def run(args: argparse.Namespace) -> int:
         "prediction": prediction,
         "prototype": {
             "index": t,
-            "class_index": exp.node.prototype_class,
-            "class_name": ck.classes[exp.node.prototype_class],
-            "activation": exp.node.activation,
+            "class_index": exp_node.prototype_class,
+            "class_name": ck.classes[exp_node.prototype_class],
+            "activation": exp_node.activation,
             "mask_index": ck.prototypes[t].mask_index if ck.prototypes else None,
         },
-        "j_x": exp.node.mask_index,
+        "j_x": exp_node.mask_index,
         "profile": args.profile,
+        "query_method": pair.query_method,
+        "prototype_method": pair.prototype.method,
         "mdm_config": dataclasses.asdict(cfg),
-        "iterations": exp.result.iterations,
-        "seconds": round(exp.result.seconds, 3),
-        "converged": exp.result.converged,
+        "iterations": result.iterations,
+        "seconds": round(result.seconds, 3),
+        "final_objective": [round(v, 6) for v in result.final_objective],
+        "converged": result.converged,
         "gamma": args.gamma,
         "cam_empty": q_cam.empty,
         "box": boxes[0].as_dict() if boxes else None,
@@ -148,5 +137,5 @@ def run(args: argparse.Namespace) -> int:
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     (args.out / "explanation.json").write_text(json.dumps(record, indent=2))
-    print(f"wrote {args.out}/ (prototype {t}, j_x {exp.node.mask_index}, {exp.result.seconds:.1f} s)")
+    print(f"wrote {args.out}/ (prototype {t}, j_x {exp_node.mask_index}, {result.seconds:.1f} s)")
     return 0

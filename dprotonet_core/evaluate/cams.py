@@ -14,13 +14,21 @@ from dprotonet_core.config import EvalConfig, OverlayConfig
 from dprotonet_core.explain import baselines
 from dprotonet_core.model.dprotonet import DProtoNet
 
-MDM_METHODS = {"mdm-paper": "paper", "mdm-fast": "fast"}
+MDM_METHODS = {"mdm-paper": "paper", "mdm-fast": "fast", "mdm-printed": "printed"}
 ALL_METHODS: tuple[str, ...] = (*MDM_METHODS, *baselines.METHODS)
+# what `evaluate` runs unless told otherwise (eq. 13 as printed is one --methods away)
+DEFAULT_METHODS: tuple[str, ...] = ("mdm-paper", "mdm-fast", *baselines.METHODS)
 _EVAL = EvalConfig()
 _OVERLAY = OverlayConfig()
+def _mdm_name(profile: str) -> str:
+    """A Table 5 row name that says which profile, steps and loss produced the row."""
+    from dprotonet_core.explain import mdm
+
+    return f"DProtoNet MDM, {mdm.method_label(mdm.profile(profile), profile)}"
+
+
 DISPLAY_NAMES = {
-    "mdm-paper": "DProtoNet MDM (paper)",
-    "mdm-fast": "DProtoNet MDM (fast)",
+    **{method: _mdm_name(profile) for method, profile in MDM_METHODS.items()},
     **baselines.DISPLAY_NAMES,
 }
 
@@ -34,11 +42,12 @@ def check_methods(methods: list[str]) -> list[str]:
 
 
 def top_prototype(model: DProtoNet, x: torch.Tensor, target_class: int) -> int:
-    """The prototype of class `target_class` most activated by x (the detection node's p_t)."""
+    """p_t for class `target_class` on x (mdm.top_prototype, the one place it is chosen)."""
+    from dprotonet_core.explain.mdm import top_prototype as choose
+
     with torch.no_grad():
         activations = model(x.unsqueeze(0)).activations[0]
-    own = torch.nonzero(model.prototype_classes() == target_class).flatten()
-    return int(own[activations[own].argmax()])
+    return choose(activations, model.prototype_classes(), target_class)
 
 
 def mdm_cam(model: DProtoNet, x: torch.Tensor, target_class: int, profile: str, gamma: float) -> np.ndarray:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from dprotonet_core.checkpoint import load_checkpoint
 from dprotonet_core.config import EvalConfig, OverlayConfig, to_dict
+from dprotonet_core.data.registry import spec_or_fallback
 from dprotonet_core.evaluate import metrics as M
 from dprotonet_core.evaluate.cams import check_methods, compute_cam
 from dprotonet_core.evaluate.data import EvalData, load_eval_data
@@ -216,13 +217,14 @@ class EvalRequest:
     split: str = "val"
     attach: bool = False
     device: str = "cpu"
-    top_percent: float | None = None  # None: EvalConfig.top_percent[dataset]
+    top_percent: float | None = None  # None: the dataset's DatasetSpec.top_percent
 
 
-def _top_percent(request: EvalRequest, cfg: EvalConfig) -> float:
+def _top_percent(request: EvalRequest) -> float:
+    """The localisation threshold k: the request's, else the dataset's spec (class-per-folder's if unknown)."""
     if request.top_percent is not None:
         return float(request.top_percent)
-    return float(cfg.top_percent.get(request.dataset, cfg.top_percent.get("folder", 50.0)))
+    return float(spec_or_fallback(request.dataset).top_percent)
 
 
 def run_evaluation(request: EvalRequest, cfg: EvalConfig = _EVAL, progress: bool = True) -> dict:
@@ -236,7 +238,7 @@ def run_evaluation(request: EvalRequest, cfg: EvalConfig = _EVAL, progress: bool
     pred = predict_split(model, data, cfg.batch_size, progress, checkpoint.decision_threshold)
     classification = classification_metrics(pred, checkpoint.classes, positive)
     classification["by_view"] = per_view_metrics(pred, data, positive)
-    top = _top_percent(request, cfg)
+    top = _top_percent(request)
     positions = select_cam_images(data, request.limit, cfg.cam_subset)
     cams = evaluate_cams(model, data, positions, methods, cfg, top, progress=progress,
                          threshold=checkpoint.decision_threshold)

@@ -63,12 +63,27 @@ class MDMResult:
     converged: bool  # the early stop fired (always False under the paper protocol)
     history: list[float] = field(default_factory=list)  # summed loss per step
     stopped_by_time: bool = False
+    # eq. 13 / 14 per vector at the returned vectors: D floats (N lists of D for a batch)
+    final_objective: list = field(default_factory=list)
 
 
 @dataclass
 class QueryExplanation:
     node: DetectionNode
     result: MDMResult
+
+
+def loss_label(cfg: MDMConfig) -> str:
+    """The loss a configuration minimises, in words (what every caption and table row names)."""
+    if cfg.distance == "deletion":
+        return f"loss eq. 13 / 14 with the deletion-scaled distance, eta {cfg.effective_eta:g} (a named deviation)"
+    return f"loss eq. 13 / 14 as printed, eta {cfg.effective_eta:g}"
+
+
+def method_label(cfg: MDMConfig, name: str | None = None) -> str:
+    """'<profile>: <optimiser> <steps> steps, <loss>': what produced a mask stack."""
+    head = f"{name} profile: " if name else ""
+    return f"{head}{cfg.optimizer.capitalize()} {cfg.iterations} steps, {loss_label(cfg)}"
 
 
 def profile(name: str) -> MDMConfig:
@@ -80,6 +95,20 @@ def profile(name: str) -> MDMConfig:
 
 
 # --- eq. 12 ---------------------------------------------------------------------------------
+
+
+def top_prototype(activations, prototype_classes, target_class: int) -> int:
+    """p_t of eq. 12: the prototype of class `target_class` with the highest activation g_pj(x) (eq. 2).
+
+    The one place the detection node's prototype is chosen: the explanation, the evaluation's CAMs and the
+    app's default row all call this. `activations` and `prototype_classes` are per prototype (tensor, array
+    or list)."""
+    act = torch.as_tensor(activations, dtype=torch.float64).flatten()
+    classes = torch.as_tensor(prototype_classes).flatten()
+    own = torch.nonzero(classes == int(target_class)).flatten()
+    if own.numel() == 0:
+        raise ValueError(f"class {target_class} has no prototype")
+    return int(own[act[own].argmax()])
 
 
 @torch.no_grad()
@@ -94,8 +123,7 @@ def detection_node(model: nn.Module, x: torch.Tensor, prototype: int | None = No
     predicted = int(out.logits[0].argmax())
     classes = model.prototype_classes()
     if prototype is None:
-        own = torch.nonzero(classes == predicted).flatten()
-        prototype = int(own[out.activations[0, own].argmax()])
+        prototype = top_prototype(out.activations[0], classes, predicted)
     if not 0 <= prototype < classes.numel():
         raise ValueError(f"prototype {prototype} out of range 0..{classes.numel() - 1}")
     s = out.distances[0, :, prototype]  # (n,) squared distances; argmin is the same as for the norm
@@ -278,8 +306,10 @@ def _optimise_group(
     progress: ProgressFn | None,
     cancel: CancelFn | None,
     deadline: float | None,
-) -> tuple[list[torch.Tensor], int, bool, list[float], bool]:
-    """Optimise D vectors for each of N images in one batch of N*D masked images per step."""
+    loss: Callable[..., torch.Tensor],
+) -> tuple[list[torch.Tensor], int, bool, list[float], bool, torch.Tensor]:
+    """Optimise D vectors for each of N images in one batch of N*D masked images per step; `loss` is
+    query_loss (eq. 13) or prototype_loss (eq. 14). Returns the final per-vector objective (N, D) too."""
     n, d = images.shape[0], cfg.num_vectors
     size = images.shape[-2:]
     torch.manual_seed(cfg.seed)
@@ -309,10 +339,12 @@ def _optimise_group(
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(cfg, step)
         g = upsample_mask_vectors(vectors, size).reshape(n * d, 1, *size)  # (N*D, 1, H, W)
-        z = model.feature_vectors(masked_image(x_rep, g, base), idx_rep)  # (N*D, Dz)
-        dist = feature_distance(z, t_rep, cfg.distance, scale).reshape(n, d)
-        l1 = torch.stack([mask_l1(v) for v in vectors], dim=1)  # (N, D)
-        per_vector = dist + eta * l1  # eq. 13 / 14, one term per vector
+        z = model.feature_vectors(masked_image(x_rep, g, base), idx_rep).reshape(n, d, -1)  # (N, D, Dz)
+        per_vector = torch.stack([  # eq. 13 (query side) or eq. 14 (prototype side), one term per vector
+            loss(z[:, i], t_rep.reshape(n, d, -1)[:, i], vectors[i], eta, cfg.distance,
+                 None if scale is None else scale.reshape(n, d)[:, i])
+            for i in range(d)
+        ], dim=1)  # (N, D)
         total = per_vector.sum()
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -332,7 +364,20 @@ def _optimise_group(
                 if bool((change < cfg.tol).all()):
                     converged = True
                     break
-    return [v.detach() for v in vectors], steps, converged, history, stopped_by_time
+    final = _objective(model, x_rep, base, idx_rep, t_rep, vectors, cfg, scale, loss, n, d, size)
+    return [v.detach() for v in vectors], steps, converged, history, stopped_by_time, final
+
+
+@torch.no_grad()
+def _objective(model, x_rep, base, idx_rep, t_rep, vectors, cfg, scale, loss, n, d, size) -> torch.Tensor:
+    """The per-vector objective (N, D) at the vectors as they are (after the last projection onto [0, 1])."""
+    g = upsample_mask_vectors(vectors, size).reshape(n * d, 1, *size)
+    z = model.feature_vectors(masked_image(x_rep, g, base), idx_rep).reshape(n, d, -1)
+    return torch.stack([
+        loss(z[:, i], t_rep.reshape(n, d, -1)[:, i], vectors[i], cfg.effective_eta, cfg.distance,
+             None if scale is None else scale.reshape(n, d)[:, i])
+        for i in range(d)
+    ], dim=1).float().cpu()
 
 
 def optimise_mask_vectors(
@@ -343,8 +388,10 @@ def optimise_mask_vectors(
     cfg: MDMConfig = PAPER_MDM,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    side: str = "query",
 ) -> MDMResult:
-    """Minimise eq. 13/14 for the D mask vectors of one image, all D in one batch per step.
+    """Minimise eq. 13 (`side` "query") or eq. 14 ("prototype") for the D mask vectors of one image, all D in
+    one batch per step.
 
     image: (3, H, W) in [0, 1] (or (N, 3, H, W) with N mask indices and N targets: then
     vectors are (N, a_i, a_i), the stack (N, D, H, W), and N*D images go through the network
@@ -360,15 +407,20 @@ def optimise_mask_vectors(
     start = time.perf_counter()
     deadline = None if cfg.time_limit is None else start + cfg.time_limit
     per_group = max(1, cfg.max_batch // cfg.num_vectors)
+    if side not in ("query", "prototype"):
+        raise ValueError(f"side must be query or prototype, not {side!r}")
+    loss = query_loss if side == "query" else prototype_loss
     parts: list[list[torch.Tensor]] = []
+    finals: list[torch.Tensor] = []
     steps, converged, stopped, history = 0, True, False, []
     with frozen(model, cfg.channels_last), torch.enable_grad():
         for lo in range(0, n, per_group):
             sl = slice(lo, lo + per_group)
-            vecs, k, conv, hist, by_time = _optimise_group(
-                model, images[sl].detach(), indices[sl], targets[sl], cfg, progress, cancel, deadline
+            vecs, k, conv, hist, by_time, final = _optimise_group(
+                model, images[sl].detach(), indices[sl], targets[sl], cfg, progress, cancel, deadline, loss
             )
             parts.append(vecs)
+            finals.append(final)
             steps, converged, stopped = max(steps, k), converged and conv, stopped or by_time
             history = hist if not history else [a + b for a, b in zip(history, hist)]
     vectors = [torch.cat([p[i] for p in parts], dim=0) for i in range(cfg.num_vectors)]
@@ -383,6 +435,7 @@ def optimise_mask_vectors(
         converged=converged and cfg.tol > 0,
         history=history,
         stopped_by_time=stopped,
+        final_objective=(torch.cat(finals)[0] if single else torch.cat(finals)).tolist(),
     )
 
 
@@ -420,7 +473,7 @@ def explain_prototypes(
     ids = list(range(images.shape[0])) if prototypes is None else list(prototypes)
     targets = model.prototypes.detach()[ids]
     indices = torch.as_tensor(list(mask_indices) if not torch.is_tensor(mask_indices) else mask_indices)
-    return optimise_mask_vectors(model, images, indices.long(), targets, cfg, progress, cancel)
+    return optimise_mask_vectors(model, images, indices.long(), targets, cfg, progress, cancel, side="prototype")
 
 
 def with_overrides(cfg: MDMConfig, **changes) -> MDMConfig:

@@ -35,6 +35,8 @@ class StoredExplanation:
     iterations: int
     seconds: float  # what the optimisation took when it was stored
     machine: str
+    final_objective: tuple[float, ...] = ()  # eq. 13 per vector at the stored vectors (older files: empty)
+    method: str = ""  # mdm.method_label of the run: profile, steps, loss
 
 
 def input_digest(x: torch.Tensor) -> str:
@@ -76,6 +78,8 @@ def save(
     iterations: int,
     seconds: float,
     machine: str,
+    final_objective: tuple[float, ...] | list[float] = (),
+    method: str = "",
 ) -> Path:
     """Write one stored explanation; returns its path."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,6 +92,8 @@ def save(
         "iterations": str(int(iterations)),
         "seconds": f"{seconds:.1f}",
         "machine": machine,
+        "final_objective": json.dumps([round(float(v), 6) for v in final_objective]),
+        "method": method,
     }
     save_file(tensors, str(path), metadata=meta)
     return path
@@ -126,7 +132,18 @@ def load(
         iterations=int(meta.get("iterations", 0)),
         seconds=float(meta.get("seconds", 0.0)),
         machine=meta.get("machine", "?"),
+        final_objective=tuple(_floats(meta.get("final_objective", "[]"))),
+        method=meta.get("method", ""),
     )
+
+
+def _floats(text: str) -> list[float]:
+    """A JSON list of numbers from metadata; anything else reads as empty."""
+    try:
+        values = json.loads(text)
+        return [float(v) for v in values] if isinstance(values, list) else []
+    except (ValueError, TypeError):
+        return []
 
 
 def stack(stored: StoredExplanation, size: int) -> np.ndarray:

@@ -248,9 +248,13 @@ def probability_text(prediction: Prediction, classes: list[str]) -> str:
 
 
 def default_prototype(prediction: Prediction) -> int:
-    """The paper's detection node p_t: the predicted class's prototype with the highest similarity g."""
-    own = [r for r in prediction.reasoning if r.class_index == prediction.class_index]
-    return max(own or prediction.reasoning, key=lambda r: r.similarity).prototype
+    """The paper's detection node p_t: the predicted class's prototype with the highest similarity g
+    (mdm.top_prototype, the one place it is chosen)."""
+    from dprotonet_core.explain.mdm import top_prototype
+
+    rows = prediction.reasoning
+    return rows[top_prototype([r.similarity for r in rows], [r.class_index for r in rows],
+                              prediction.class_index)].prototype
 
 
 def prototype_choices(prediction: Prediction, top_k: int = DEFAULT_TOP_K) -> list[int]:

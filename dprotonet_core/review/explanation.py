@@ -35,6 +35,9 @@ class Explanation:
     stopped_by_time: bool = False
     precomputed: bool = False  # read from the samples' stored explanations (explain/store.py)
     query_vectors: tuple[torch.Tensor, ...] = ()  # the D optimised d_i^x (what explain/store.py keeps)
+    query_method: str = ""  # how the query stack was made: profile, steps, loss (mdm.method_label)
+    prototype_method: str = ""  # how the stored prototype stack was made (the card's prototype_mdm record)
+    final_objective: tuple[float, ...] = ()  # eq. 13 per vector at the returned vectors (empty when stored)
 
     @property
     def depth(self) -> int:
@@ -86,13 +89,17 @@ def explanation_key(key_image: str, checkpoint: Checkpoint, prototype: int, prof
 
 def prototype_stack(checkpoint: Checkpoint, prototype: int) -> np.ndarray:
     """The stored prototype-side stack g(d_i^{x^pt}) (eq. 14/16) at the model's input size."""
-    from dprotonet_core.explain import mdm
+    return _stored_side(checkpoint, prototype).stack
 
-    vectors = checkpoint.prototype_mask_vectors
-    if not vectors:
-        raise ReviewError("This checkpoint stores no prototype heatmaps (mask vectors); re-run projection.")
-    size = int(checkpoint.model.config.input_size)
-    return mdm.mask_stack([v[prototype] for v in vectors], size)
+
+def _stored_side(checkpoint: Checkpoint, prototype: int):
+    """The checkpoint's stored prototype side (never computed here: that would take minutes per prototype)."""
+    from dprotonet_core.explain.pair import prototype_side
+
+    try:
+        return prototype_side(checkpoint, prototype, compute_missing=False)
+    except ValueError:
+        raise ReviewError("This checkpoint stores no prototype heatmaps (mask vectors); re-run projection.") from None
 
 
 ProgressCallback = Callable[[float, str], None]
@@ -123,22 +130,31 @@ def explain(
         if progress is not None:
             progress(min(1.0, step / max(total, 1)), f"Explaining: iteration {step} of at most {total}")
 
+    from dprotonet_core.explain.pair import explain_pair
+
+    _stored_side(checkpoint, prototype)  # before minutes of optimisation: the panes need the stored side
     try:
-        result = mdm.explain_query(checkpoint.model, x[0], prototype, cfg, progress=report, cancel=cancel)
+        pair = explain_pair(checkpoint, x[0], prototype, cfg, profile, progress=report, cancel=cancel,
+                            compute_missing=False)
     except mdm.MDMCancelled:
         raise ReviewError("The explanation was cancelled.") from None
-    record = checkpoint.prototypes[prototype] if checkpoint.prototypes else None
+    except ValueError as exc:
+        raise ReviewError(f"This checkpoint cannot be explained: {exc}.") from None
+    result = pair.query
     return Explanation(
         prototype=prototype,
-        mask_index=int(result.node.mask_index),
-        prototype_mask_index=int(record.mask_index) if record else -1,
-        query_stack=np.asarray(result.result.stack, dtype=np.float32),
-        prototype_stack=prototype_stack(checkpoint, prototype),
+        mask_index=int(pair.node.mask_index),
+        prototype_mask_index=pair.prototype.mask_index,
+        query_stack=np.asarray(result.stack, dtype=np.float32),
+        prototype_stack=pair.prototype.stack,
         profile=profile,
-        iterations=int(result.result.iterations),
-        seconds=float(result.result.seconds),
-        stopped_by_time=bool(result.result.stopped_by_time),
-        query_vectors=tuple(result.result.vectors),
+        iterations=int(result.iterations),
+        seconds=float(result.seconds),
+        stopped_by_time=bool(result.stopped_by_time),
+        query_vectors=tuple(result.vectors),
+        query_method=pair.query_method + (" (stopped at the time limit)" if result.stopped_by_time else ""),
+        prototype_method=pair.prototype.method,
+        final_objective=tuple(float(v) for v in result.final_objective),
     )
 
 
@@ -186,16 +202,20 @@ def stored_explanation(checkpoint: Checkpoint, x: torch.Tensor, prototype: int, 
     found = store.load(stored_explanations_dir(), x[0], digest, prototype, profile, mdm.profile(profile))
     if found is None:
         return None
-    record = checkpoint.prototypes[prototype] if checkpoint.prototypes else None
+    side = _stored_side(checkpoint, prototype)
     return Explanation(
         prototype=prototype,
         mask_index=found.mask_index,
-        prototype_mask_index=int(record.mask_index) if record else -1,
+        prototype_mask_index=side.mask_index,
         query_stack=store.stack(found, int(checkpoint.model.config.input_size)),
-        prototype_stack=prototype_stack(checkpoint, prototype),
+        prototype_stack=side.stack,
         profile=profile,
         iterations=found.iterations,
         seconds=found.seconds,
         precomputed=True,
         query_vectors=tuple(found.vectors),
+        query_method=mdm.method_label(dataclasses.replace(mdm.profile(profile), iterations=found.iterations), profile)
+        + "; computed when the demo was built",
+        prototype_method=side.method,
+        final_objective=tuple(found.final_objective),
     )

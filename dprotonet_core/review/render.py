@@ -194,15 +194,12 @@ def render_case(
         proto_title += f" ({record.class_name}), learned from {record.source_id}"
     figure = panes_figure(query.image, proto.image, ("Your image", proto_title), settings, truth_boxes=truth_boxes)
     size = checkpoint.model.config.input_size
+    query_method = explanation.query_method or (
+        f"{explanation.iterations} iterations, {PROFILE_SHORT_NAMES.get(explanation.profile, explanation.profile)}")
     caption = (
         f"Both images are shown square, as the model sees them ({size} x {size} input); zoom or pan one and the "
-        f"other follows (double-click resets). Heatmap: MDM, {explanation.depth} mask vectors, "
-        f"{explanation.iterations} iterations, {PROFILE_SHORT_NAMES.get(explanation.profile, explanation.profile)}"
-        + (
-            "; this bundled sample's heatmap was computed when the demo was built."
-            if explanation.precomputed
-            else "."
-        )
+        f"other follows (double-click resets). Heatmaps: MDM, {explanation.depth} mask vectors each. "
+        f"Your image: {query_method}. Prototype: {explanation.prototype_method or 'stored in the checkpoint'}."
         + (" Dashed green: the sample's true box(es) from the dataset's labels." if truth_boxes else "")
     )
     notes = []

@@ -98,6 +98,9 @@ def report_dict(inputs: ReportInputs) -> dict[str, Any]:
             "query_mask_index": ex.mask_index,
             "prototype_mask_index": ex.prototype_mask_index,
             "mdm_profile": ex.profile,
+            "query_method": ex.query_method,
+            "prototype_method": ex.prototype_method,
+            "final_objective": [round(v, 6) for v in ex.final_objective],
             "iterations": ex.iterations,
             "seconds": round(ex.seconds, 3),
             "stopped_by_time_limit": ex.stopped_by_time,
@@ -138,7 +141,7 @@ def report_png(inputs: ReportInputs) -> bytes:
     h1, h2, small = _font(26), _font(18), _font(15)
     rows = data["reasoning"]
     height = (margin + 40 + 30 + 30 + 30 + pane + 40 + 30 + 24 * (len(rows) + 1) + 30 + 60 + margin
-              + 20 * len(_report_warnings(inputs)))
+              + 20 * len(_report_warnings(inputs)) + 20 * len(_method_lines(data["explanation"])))
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     y = margin
@@ -195,8 +198,18 @@ def report_png(inputs: ReportInputs) -> bytes:
     y += 22
     draw.text(
         (margin, y),
-        f"Model: {data['checkpoint']['name']} (sha256 {str(data['checkpoint']['model_sha256'])[:12]}...), "
-        f"MDM {ex['mdm_profile']}, {ex['iterations']} iterations; {data['created']}",
+        f"Model: {data['checkpoint']['name']} (sha256 {str(data['checkpoint']['model_sha256'])[:12]}...); "
+        f"{data['created']}",
         fill=(60, 60, 60), font=small,
     )
+    for line in _method_lines(ex):
+        y += 20
+        draw.text((margin, y), line, fill=(60, 60, 60), font=small)
     return png_bytes(np.asarray(canvas))
+
+
+def _method_lines(ex: dict) -> list[str]:
+    """How each heatmap was made (method, steps, loss), wrapped for the PNG."""
+    query = ex.get("query_method") or f"MDM {ex.get('mdm_profile')}, {ex.get('iterations')} iterations"
+    proto = ex.get("prototype_method") or "stored in the checkpoint"
+    return textwrap.wrap(f"Your image's heatmap: {query}.", 110) + textwrap.wrap(f"Prototype's heatmap: {proto}.", 110)

@@ -219,7 +219,7 @@ def test_time_compression_changes_only_the_step_and_the_betas():
 
 def test_time_compressed_adam_follows_the_paper_path(tiny_model):
     """8x fewer, 8x longer steps with betas^8 land where 800 paper steps do (the fast profile's claim,
-    measured on the shipped checkpoints by bench/mdm.py); keeping torch's betas drifts further away."""
+    measured on the shipped checkpoints by bench/mdm_speed.py); keeping torch's betas drifts further away."""
     x = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(3))
     node = mdm.detection_node(tiny_model, x)
     with torch.no_grad():
@@ -241,3 +241,62 @@ def test_profiles():
     assert mdm.profile("fast").iterations < 800
     with pytest.raises(ValueError):
         mdm.profile("slow")
+
+
+def test_top_prototype_is_the_most_activated_of_the_class():
+    activations = [0.9, 0.2, 3.0, 0.1, 2.5, 7.0]
+    classes = [0, 0, 0, 1, 1, 1]
+    assert mdm.top_prototype(activations, classes, 0) == 2
+    assert mdm.top_prototype(torch.tensor(activations), torch.tensor(classes), 1) == 5
+    with pytest.raises(ValueError):
+        mdm.top_prototype(activations, classes, 2)
+
+
+def test_eq13_target_is_the_query_feature_at_the_detection_mask(tiny_model, monkeypatch):
+    x = torch.rand(3, 64, 64)
+    seen = {}
+    real = mdm.optimise_mask_vectors
+
+    def spy(model, image, mask_index, target, cfg, *args, **kwargs):
+        seen.update(mask_index=mask_index, target=target.detach().clone())
+        return real(model, image, mask_index, target, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(mdm, "optimise_mask_vectors", spy)
+    explained = mdm.explain_query(tiny_model, x, cfg=_cfg(iterations=2))
+    with torch.no_grad():
+        z_jx = tiny_model.feature_vectors(x[None], explained.node.mask_index)[0]
+    assert seen["mask_index"] == explained.node.mask_index
+    torch.testing.assert_close(seen["target"], z_jx)
+
+
+@pytest.mark.parametrize("side", ["query", "prototype"])
+def test_the_optimiser_minimises_the_eq13_eq14_functions(tiny_model, monkeypatch, side):
+    """The loss that runs is query_loss (eq. 13) / prototype_loss (eq. 14): spied on, and the reported final
+    objective equals that function evaluated by hand at the returned vectors."""
+    name = "query_loss" if side == "query" else "prototype_loss"
+    calls = []
+    real = getattr(mdm, name)
+    monkeypatch.setattr(mdm, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.rand(3, 64, 64)
+    node = mdm.detection_node(tiny_model, x)
+    with torch.no_grad():
+        target = (tiny_model.feature_vectors(x[None], node.mask_index)[0] if side == "query"
+                  else tiny_model.prototypes[node.prototype])
+    cfg = _cfg(iterations=4, lr=0.05)
+    res = mdm.optimise_mask_vectors(tiny_model, x, node.mask_index, target, cfg, side=side)
+    assert len(calls) >= cfg.iterations * cfg.num_vectors
+    blank = mdm.baseline_image(x[None], cfg.baseline)
+    with torch.no_grad():
+        scale = mdm.deletion_distance(tiny_model.feature_vectors(blank, node.mask_index), target[None])[0]
+        for i, v in enumerate(res.vectors):
+            g = mdm.upsample_mask_vectors([v[None]], 64)[:, 0:1]
+            z = tiny_model.feature_vectors(mdm.masked_image(x[None], g), node.mask_index)[0]
+            by_hand = real(z, target, v, cfg.effective_eta, cfg.distance, scale)
+            assert abs(float(by_hand) - res.final_objective[i]) < 1e-4
+
+
+def test_method_labels_name_the_loss():
+    assert "deletion-scaled" in mdm.method_label(MDM_PROFILES["paper"], "paper")
+    assert "800 steps" in mdm.method_label(MDM_PROFILES["paper"])
+    assert "as printed, eta 10" in mdm.loss_label(MDMConfig(distance="paper"))
+    assert "deletion-scaled distance, eta 0.4" in mdm.loss_label(MDMConfig())
