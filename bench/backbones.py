@@ -1,4 +1,4 @@
-"""What a backbone costs on this machine (issue 5's backbone choice): prints figures, asserts nothing.
+"""What a backbone costs on this machine (what the choice of backbone costs): prints figures, asserts nothing.
 
 For each backbone, a DProtoNet at the given input size with random weights (the cost of a step does not
 depend on the weights):

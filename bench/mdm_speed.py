@@ -1,4 +1,4 @@
-"""MDM decoder benchmark (issue 3): prints figures, asserts nothing.
+"""MDM decoder benchmark (naive vs batched vs the fast profile): prints figures, asserts nothing.
 
   naive paper protocol   each of the 2 x D vectors alone (query and prototype side), 800 its
   batched paper (query)  the D query vectors in one batch, 800 its

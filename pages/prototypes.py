@@ -20,7 +20,7 @@ st.markdown(
 classes = st.multiselect("Show classes", checkpoint.classes, default=checkpoint.classes, key="proto_classes")
 gamma = st.slider("Threshold gamma", 0.0, float(len(checkpoint.prototype_mask_vectors or [None] * 10)),
                   review.default_settings().gamma, 0.5, key="proto_gamma")
-settings = review.DisplaySettings(gamma=gamma, alpha=0.5, beta=0.3)
+settings = review.DisplaySettings(gamma=gamma)  # the paper's alpha and beta (config.OverlayConfig)
 cards = review.prototype_cards(checkpoint, classes, settings)
 st.plotly_chart(review.weights_figure(checkpoint, classes), width="stretch", key="weights")
 

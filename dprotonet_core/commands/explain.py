@@ -98,16 +98,12 @@ def run(args: argparse.Namespace) -> int:
     t = exp_node.prototype
     note = pair.note
 
-    ov = OverlayConfig()
+    settings = overlay.DisplaySettings(gamma=args.gamma)  # the paper's alpha, beta and colormap otherwise
     q_cam = overlay.cam(query_stack, args.gamma)
-    p_cam = overlay.cam(proto_stack, args.gamma)
     args.out.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay.heatmap_image(_to_hwc(x), q_cam.map, ov.alpha, ov.beta, ov.colormap)).save(
-        args.out / "query_heatmap.png"
-    )
-    Image.fromarray(overlay.heatmap_image(_to_hwc(proto_img), p_cam.map, ov.alpha, ov.beta, ov.colormap)).save(
-        args.out / "prototype_heatmap.png"
-    )
+    for name, image, stack in (("query", x, query_stack), ("prototype", proto_img, proto_stack)):
+        pane = overlay.render_pane(_to_hwc(image), stack, settings, size)  # the app's pane, at the model's size
+        Image.fromarray(pane.image).save(args.out / f"{name}_heatmap.png")
     np.save(args.out / "query_masks.npy", query_stack.astype(np.float32))
     boxes = overlay.decision_boxes(q_cam)
     record = {

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from dprotonet_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from dprotonet_core.commands._data import augmentation, load_splits
     from dprotonet_core.config import TrainConfig
-    from dprotonet_core.train.loop import accuracy
+    from dprotonet_core.train.epochs import accuracy
     from dprotonet_core.train.projection import project_prototypes, prototype_records
 
     if args.threads:

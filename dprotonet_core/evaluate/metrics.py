@@ -338,8 +338,9 @@ def insertion(
 
 
 def mask_agreement(stack_a: np.ndarray, stack_b: np.ndarray, top_percent: float = 20.0) -> tuple[float, float]:
-    """How alike two MDM results are (issue 3's fidelity): Pearson r of S = sum_i g(d_i), and the IoU of
-    the top `top_percent` % pixels of each S. Two constant maps count as r = 1 when equal, else 0."""
+    """How alike two MDM results are (a faster profile against the paper protocol): Pearson r of
+    S = sum_i g(d_i), and the IoU of the top `top_percent` % pixels of each S. Two constant maps count as
+    r = 1 when equal, else 0."""
     a = np.asarray(stack_a, np.float64).sum(0).ravel()
     b = np.asarray(stack_b, np.float64).sum(0).ravel()
     if a.std() > 0 and b.std() > 0:

@@ -31,6 +31,7 @@ from dprotonet_core.data.registry import spec_or_fallback
 from dprotonet_core.evaluate import metrics as M
 from dprotonet_core.evaluate.cams import check_methods, compute_cam
 from dprotonet_core.evaluate.data import EvalData, load_eval_data
+from dprotonet_core.evaluate.held_out import figures_by_view
 from dprotonet_core.evaluate.report import write_reports
 from dprotonet_core.evaluate.results import (
     EVALUATION_DIR,
@@ -112,18 +113,11 @@ def classification_metrics(pred: Predictions, classes: list[str], positive: int)
 
 def per_view_metrics(pred: Predictions, data: EvalData, positive: int) -> dict:
     """Accuracy, sensitivity, specificity and ROC AUC within each view (e.g. AP / PA radiographs) of a binary
-    task whose items carry a "view" attribute; {} otherwise."""
-    views = [data.attribute(k, "view") for k in range(len(data))]
-    if pred.probabilities.shape[1] != 2 or not any(views):
+    task whose items carry a "view" attribute; {} otherwise (held_out.figures_by_view)."""
+    if pred.probabilities.shape[1] != 2:
         return {}
-    out = {}
-    for view in sorted({v for v in views if v}):
-        keep = np.asarray([v == view for v in views])
-        y, p = pred.labels[keep], pred.predicted[keep]
-        out[view] = {"n": int(keep.sum()), "positives": int((y == positive).sum()), "accuracy": M.accuracy(y, p),
-                     "sensitivity": M.sensitivity(y, p, positive), "specificity": M.specificity(y, p, positive),
-                     "roc_auc": M.roc_auc(y, pred.probabilities[keep, positive], positive)}
-    return out
+    views = [data.attribute(k, "view") for k in range(len(data))]
+    return figures_by_view(pred.labels, pred.predicted, pred.probabilities[:, positive], views, positive)
 
 
 # --- 2. CAMs: recognition and localisation --------------------------------------------------

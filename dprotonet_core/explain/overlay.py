@@ -1,6 +1,7 @@
 """Mask generation and explanation images (paper eq. 15-18), pure numpy (OpenCV for the
 colormap lookup table and connected components): no model call, so the app can re-render on
-every slider move from the cached mask stack g(d_i), i = 1..D.
+every slider move from the cached mask stack g(d_i), i = 1..D. `render_pane` composes one pane
+(image + CAM at the display settings); the app, the explain command and the Prototypes page share it.
 
     S = sum_i g(d_i)                        in [0, D]
     A = N(1{S >= gamma} * S)                eq. 15 / 16, N(X) = (X - min X) / (max X - min X)
@@ -12,9 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 import cv2
 import numpy as np
+
+from dprotonet_core.config import OverlayConfig
+
+_DEFAULTS = OverlayConfig()  # the paper's alpha, beta, gamma: the one source of the display defaults
+View = Literal["heatmap", "binary", "outline"]
+VIEWS: dict[str, str] = {"heatmap": "Heatmap", "binary": "Binary mask", "outline": "Outline + box"}
 
 # OpenCV's colormaps by name; their LUTs are read once, RGB order.
 _COLORMAPS = {
@@ -186,3 +194,89 @@ def outline_image(
         out[y0:y1, x0 : min(x0 + t, x1)] = box_color
         out[y0:y1, max(x1 - t, x0) : x1] = box_color
     return out
+
+
+# --- one pane: an image with its CAM at the display settings ------------------------------
+
+
+@dataclass(frozen=True)
+class DisplaySettings:
+    """The controls of the image fragment (eq. 15-18): nothing here needs a model call."""
+
+    gamma: float = _DEFAULTS.gamma
+    alpha: float = _DEFAULTS.alpha
+    beta: float = _DEFAULTS.beta
+    view: View = "heatmap"
+    colormap: str = _DEFAULTS.colormap
+
+    def describe(self) -> str:
+        return (
+            f"gamma {self.gamma:g}, alpha {self.alpha:g}, beta {self.beta:g}, "
+            f"view: {VIEWS.get(self.view, self.view).lower()}, colormap {self.colormap}"
+        )
+
+
+def default_settings() -> DisplaySettings:
+    """The paper's defaults (config.OverlayConfig: gamma 3, alpha 0.5, beta 0.3)."""
+    return DisplaySettings()
+
+
+@dataclass(frozen=True)
+class Pane:
+    """One rendered pane and what the page says under it."""
+
+    image: np.ndarray  # uint8 (size, size, 3)
+    empty: bool  # no pixel reached gamma
+    max_sum: float  # the largest gamma that still leaves a region
+    boxes: int  # connected decision regions
+
+
+def render_pane(image: np.ndarray, stack: np.ndarray, settings: DisplaySettings, size: int = 448) -> Pane:
+    """One pane: the image (H, W[, 3], [0, 1] or uint8) overlaid with its CAM at `settings`.
+
+    S = sum_i g(d_i) is summed at the stack's resolution and upsampled to the display once; then
+    eq. 15/16 (CAM at gamma) and eq. 17 (heatmap), eq. 18 (binary mask image) or the decision region's
+    outline with its bounding box. Pure numpy: no model call."""
+    rgb = as_rgb01(image)
+    if rgb.shape[:2] != (size, size):
+        rgb = resize_rgb(rgb, size)
+    total = resize_map(mask_sum(stack), size)
+    a = cam(total, settings.gamma)
+    if settings.view == "binary":
+        out = binary_image(rgb, a.map)
+    elif settings.view == "outline":
+        out = outline_image(rgb, a)
+    else:
+        out = heatmap_image(rgb, a.map, settings.alpha, settings.beta, settings.colormap)
+    boxes = 0 if a.empty else len(decision_boxes(a, min_area=max(1, size * size // 2000)))
+    return Pane(image=np.asarray(out, dtype=np.uint8), empty=a.empty, max_sum=a.max_sum, boxes=boxes)
+
+
+def resize_map(values: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of a 2-D map to (size, size), float32."""
+    if values.shape == (size, size):
+        return values.astype(np.float32)
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None]
+    out = torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)
+    return out[0, 0].numpy()
+
+
+def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) float [0, 1] -> (size, size, 3), the same resize the model's input gets."""
+    import torch
+
+    from dprotonet_core.data.io import resize_square
+
+    tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+    return resize_square(tensor, size).permute(1, 2, 0).numpy()
+
+
+def as_rgb01(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 3), uint8 or float [0, 1] -> float32 (H, W, 3) in [0, 1]."""
+    array = np.asarray(image)
+    rgb = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    return np.clip(rgb, 0, 1)

@@ -93,9 +93,11 @@ from dprotonet_core.review.gallery import (  # noqa: F401
     weights_figure,
 )
 from dprotonet_core.review.render import (  # noqa: F401
+    VIEWS,
     DisplaySettings,
     Pane,
     RenderedCase,
+    View,
     colorscale,
     default_settings,
     panes_figure,
@@ -135,9 +137,7 @@ from dprotonet_core.review.settings import (  # noqa: F401
     SAMPLES_DIR_ENV,
     SYNTHETIC_WARNING,
     TORCH_THREADS_ENV,
-    VIEWS,
     ReviewError,
-    View,
     configure_logging,
     configure_torch,
 )

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dprotonet_core.checkpoint import Checkpoint
+from dprotonet_core.explain.overlay import DisplaySettings, as_rgb01, default_settings, render_pane, resize_rgb
 from dprotonet_core.review.explanation import prototype_stack
-from dprotonet_core.review.render import DisplaySettings, _as_rgb01, _resize_rgb, default_settings, render_pane
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def prototype_card(
     if checkpoint.prototype_mask_vectors:
         image = render_pane(source, prototype_stack(checkpoint, record.index), settings, size).image
     else:
-        image = (_resize_rgb(_as_rgb01(source), size) * 255).round().astype(np.uint8)
+        image = (resize_rgb(as_rgb01(source), size) * 255).round().astype(np.uint8)
     return PrototypeCard(
         index=record.index, class_index=record.class_index, class_name=record.class_name,
         source_id=record.source_id, mask_index=record.mask_index, views=record.views,

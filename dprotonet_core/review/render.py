@@ -1,4 +1,6 @@
-"""Rendering the two panes of a case from its explanation and the display settings (zero model calls)."""
+"""The two panes of a case side by side, from its explanation and the display settings (zero model calls).
+
+One pane is explain/overlay.render_pane, shared with the explain command and the Prototypes page."""
 
 from __future__ import annotations
 
@@ -8,94 +10,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from dprotonet_core.checkpoint import Checkpoint
-from dprotonet_core.config import OverlayConfig
-from dprotonet_core.data import io as image_io
+from dprotonet_core.explain.overlay import (  # noqa: F401 - the pages reach them as review.X
+    VIEWS,
+    DisplaySettings,
+    Pane,
+    View,
+    default_settings,
+    render_pane,
+)
 from dprotonet_core.review.case import Case
 from dprotonet_core.review.explanation import Explanation
-from dprotonet_core.review.settings import DISPLAY_SIZE, EMPTY_STACK, MDM_TIME_LIMIT_S, PROFILE_SHORT_NAMES, VIEWS, View
-
-
-@dataclass(frozen=True)
-class DisplaySettings:
-    """The controls of the image fragment (eq. 15-18): nothing here needs a model call."""
-
-    gamma: float = 3.0
-    alpha: float = 0.5
-    beta: float = 0.3
-    view: View = "heatmap"
-    colormap: str = "jet"
-
-    def describe(self) -> str:
-        return (
-            f"gamma {self.gamma:g}, alpha {self.alpha:g}, beta {self.beta:g}, "
-            f"view: {VIEWS.get(self.view, self.view).lower()}, colormap {self.colormap}"
-        )
-
-
-def default_settings() -> DisplaySettings:
-    """The paper's defaults (gamma 3, alpha 0.5, beta 0.3)."""
-    cfg = OverlayConfig()
-    return DisplaySettings(gamma=cfg.gamma, alpha=cfg.alpha, beta=cfg.beta, colormap=cfg.colormap)
-
-
-@dataclass(frozen=True)
-class Pane:
-    """One rendered pane and what the page says under it."""
-
-    image: np.ndarray  # uint8 (size, size, 3)
-    empty: bool  # no pixel reached gamma
-    max_sum: float  # the largest gamma that still leaves a region
-    boxes: int  # connected decision regions
-
-
-def render_pane(image: np.ndarray, stack: np.ndarray, settings: DisplaySettings, size: int = DISPLAY_SIZE) -> Pane:
-    """One pane: the image (H, W[, 3], [0, 1] or uint8) overlaid with its CAM at `settings`.
-
-    S = sum_i g(d_i) is summed at the stack's resolution and upsampled to the display once; then
-    eq. 15/16 (CAM at gamma) and eq. 17 (heatmap), eq. 18 (binary mask image) or the decision region's
-    outline with its bounding box. Pure numpy: no model call."""
-    from dprotonet_core.explain import overlay
-
-    rgb = _as_rgb01(image)
-    if rgb.shape[:2] != (size, size):
-        rgb = _resize_rgb(rgb, size)
-    total = _resize_map(overlay.mask_sum(stack), size)
-    a = overlay.cam(total, settings.gamma)
-    if settings.view == "binary":
-        out = overlay.binary_image(rgb, a.map)
-    elif settings.view == "outline":
-        out = overlay.outline_image(rgb, a)
-    else:
-        out = overlay.heatmap_image(rgb, a.map, settings.alpha, settings.beta, settings.colormap)
-    boxes = 0 if a.empty else len(overlay.decision_boxes(a, min_area=max(1, size * size // 2000)))
-    return Pane(image=np.asarray(out, dtype=np.uint8), empty=a.empty, max_sum=a.max_sum, boxes=boxes)
-
-
-def _resize_map(values: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of a 2-D map to (size, size), float32."""
-    if values.shape == (size, size):
-        return values.astype(np.float32)
-    tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None]
-    out = torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)
-    return out[0, 0].numpy()
-
-
-def _resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
-    tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-    return image_io.resize_square(tensor, size).permute(1, 2, 0).numpy()
-
-
-def _as_rgb01(image: np.ndarray) -> np.ndarray:
-    """(H, W) or (H, W, 3), uint8 or float [0, 1] -> float32 (H, W, 3) in [0, 1]."""
-    array = np.asarray(image)
-    rgb = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[..., None], 3, axis=2)
-    return np.clip(rgb, 0, 1)
+from dprotonet_core.review.settings import EMPTY_STACK, MDM_TIME_LIMIT_S, PROFILE_SHORT_NAMES
 
 
 def colorscale(colormap: str) -> list[list[Any]]:

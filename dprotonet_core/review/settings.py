@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -72,10 +71,10 @@ SYNTHETIC_WARNING = (
 )
 
 
-View = Literal["heatmap", "binary", "outline"]
 
 
-VIEWS: dict[str, str] = {"heatmap": "Heatmap", "binary": "Binary mask", "outline": "Outline + box"}
+
+
 
 
 COLORMAPS = ("jet", "turbo", "viridis", "inferno", "gray")

@@ -37,15 +37,12 @@ from dprotonet_core.data.registry import train_augmentation
 from dprotonet_core.model.dprotonet import (
     BackboneClassifier,
     DProtoNet,
-    class_logits,
-    feature_vectors,
-    prototype_activation,
-    similarity_score,
 )
 from dprotonet_core.train import resume as resume_state
 from dprotonet_core.train.data import SubsetView, Transform
-from dprotonet_core.train.losses import cross_entropy_term, total_loss
-from dprotonet_core.train.phases import Phase, joint_phase, last_layer_phase, schedule, warm_phase
+from dprotonet_core.train.epochs import accuracy, recalibrate_batch_norm, run_epoch, val_auc
+from dprotonet_core.train.losses import cross_entropy_term
+from dprotonet_core.train.phases import joint_phase, last_layer_phase, schedule, warm_phase
 from dprotonet_core.train.projection import dataset_ids, dataset_labels, project_prototypes, prototype_records
 
 LOG_FILE = "train_log.jsonl"
@@ -102,116 +99,6 @@ def seed_everything(seed: int) -> None:
 def _step_seed(seed: int, step: int) -> int:
     """Each step reseeds from (seed, step), so a resumed run draws what an unbroken one would."""
     return seed * 100_003 + step
-
-
-# ------------------------------------------------------------------------------ forward / epochs
-
-
-def forward(model: DProtoNet, x: torch.Tensor, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, distances s) with f_b and f_a under fp16 autocast when `amp`, and eq. 8, 1, 2, 3 in
-    float32 (eq. 1's expansion and eq. 2's epsilon are not safe in half precision)."""
-    with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
-        fmap = model.feature_map(x)
-    z = feature_vectors(fmap.float(), model.feature_masks)
-    s = similarity_score(z, model.prototypes)
-    g = prototype_activation(s, model.config.epsilon)
-    return class_logits(g, model.last_layer.weight), s
-
-
-def _set_modes(model: DProtoNet, phase: Phase) -> None:
-    """Train mode for the parts the phase trains; eval (frozen batch-norm statistics) for the rest,
-    so a last-layer epoch leaves the projected prototypes' features exactly as they were."""
-    model.train()
-    if not phase.trains("backbone"):
-        model.backbone.eval()
-    if not phase.trains("shaping"):
-        model.shaping.eval()
-
-
-def run_epoch(
-    model: DProtoNet,
-    loader: DataLoader,
-    phase: Phase,
-    optimizer: torch.optim.Optimizer,
-    loss_config: LossConfig,
-    device: torch.device,
-    scaler: torch.amp.GradScaler | None,
-    label_smoothing: float = 0.0,
-    desc: str = "",
-    progress: bool = True,
-) -> dict[str, float]:
-    """One epoch of `phase`; returns the mean loss parts and the training accuracy."""
-    phase.apply(model)
-    _set_modes(model, phase)
-    amp = scaler is not None
-    sums: dict[str, float] = {}
-    correct = seen = 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, file=sys.stderr)
-    for x, y in bar:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits, s = forward(model, x, amp)
-        parts = total_loss(
-            logits, s, y, model.prototype_class_identity, model.last_layer.weight, loss_config, label_smoothing
-        )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(parts.total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            parts.total.backward()
-            optimizer.step()
-        n = y.shape[0]
-        for key, value in parts.as_floats().items():
-            sums[key] = sums.get(key, 0.0) + value * n
-        correct += int((logits.argmax(1) == y).sum())
-        seen += n
-        bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", acc=f"{correct / seen:.3f}")
-    out = {k: v / max(seen, 1) for k, v in sums.items()}
-    out["train_accuracy"] = correct / max(seen, 1)
-    return out
-
-
-@torch.no_grad()
-def recalibrate_batch_norm(model: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> int:
-    """Re-estimate every batch-norm layer's running mean/var as the plain average over `dataset`
-    (un-augmented), weights untouched. Returns the number of layers reset (0: nothing to do).
-
-    A backbone trained from random weights for a few epochs moves faster than the running
-    statistics (momentum 0.1) follow, and in eval mode it then sees the wrong statistics.
-    """
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not layers or len(dataset) == 0:
-        return 0
-    was_training = model.training
-    saved = [(m, m.momentum, m.training) for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the pass
-        m.train()
-    for x, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        model(x.to(device))
-    for m, momentum, training in saved:
-        m.momentum = momentum
-        m.train(training)
-    model.train(was_training)
-    return len(layers)
-
-
-@torch.inference_mode()
-def accuracy(model: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> float | None:
-    """Accuracy on an un-augmented dataset, model in eval mode (restored after); None if empty."""
-    if len(dataset) == 0:
-        return None
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        out = model(x.to(device))
-        logits = out if torch.is_tensor(out) else out.logits
-        correct += int((logits.argmax(1).cpu() == y).sum())
-    model.train(was_training)
-    return correct / len(dataset)
 
 
 # ------------------------------------------------------------------------------ the trainer
@@ -392,17 +279,6 @@ def _better(entry: dict, best: dict | None, select_on: str = "accuracy") -> bool
     if best is None or entry.get(key) is None:
         return True
     return entry[key] > best[key]
-
-
-def val_auc(model: torch.nn.Module, dataset: Dataset, batch_size: int) -> float | None:
-    """ROC AUC of p(class 1) on an un-augmented two-class dataset; None if empty."""
-    from dprotonet_core.evaluate.metrics import roc_auc
-    from dprotonet_core.train.pretrain import predict_scores
-
-    if len(dataset) == 0:
-        return None
-    scores, labels = predict_scores(model, dataset, batch_size)
-    return roc_auc(labels, scores)
 
 
 def _records(projection: dict):

@@ -168,7 +168,7 @@ def test_no_valid_checkpoint_keeps_app_working(monkeypatch, tmp_path):
 @pytest.mark.parametrize("name", ["ichallenge-pm", "rsna-pneumonia"])
 def test_bundled_sample_shows_its_paper_explanation_at_once(name, monkeypatch, tmp_path):
     """The demo path of `make run`: a bundled checkpoint and one of its samples give the prediction and both
-    heatmaps from the explanation stored when the demo was built: no MDM optimisation runs (issue 7)."""
+    heatmaps from the explanation stored when the demo was built: no MDM optimisation runs."""
     monkeypatch.setenv("DPROTONET_BUNDLED", "1")
     monkeypatch.setenv("DPROTONET_MODELS_DIR", str(tmp_path / "no-models"))
     monkeypatch.delenv("DPROTONET_SAMPLES_DIR", raising=False)

@@ -6,7 +6,7 @@ import torch
 
 from dprotonet_core.data.datasets import stratified_split
 from dprotonet_core.train.data import TensorImages
-from dprotonet_core.train.loop import recalibrate_batch_norm
+from dprotonet_core.train.epochs import recalibrate_batch_norm
 
 
 def test_stratified_split_keeps_class_shares_and_is_seeded():
