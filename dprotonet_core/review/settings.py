@@ -84,10 +84,10 @@ COLORMAPS = ("jet", "turbo", "viridis", "inferno", "gray")
 # but not the same, and not shown to be good enough for a default: the figures are in config.py next to FAST_MDM.
 # Every label names the steps and the loss actually minimised (the default is the deletion-scaled distance, a
 # named deviation from eq. 13 as printed, which stays selectable as "printed").
-MDM_PROFILES: dict[str, str] = {
-    "paper": "Paper protocol: 800 steps, deletion-scaled loss",
-    "fast": "Fast: 100 steps (the same path, 8x longer steps), deletion-scaled loss",
-    "printed": "Eq. 13 as printed: 800 steps, eta 10",
+MDM_PROFILES: dict[str, str] = {  # short for the picker; the help text and every caption name the loss
+    "paper": "Paper protocol (800 steps)",
+    "fast": "Fast (100 steps)",
+    "printed": "Eq. 13 as printed (800 steps)",
 }
 
 

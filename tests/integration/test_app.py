@@ -189,3 +189,6 @@ def test_bundled_sample_shows_its_paper_explanation_at_once(name, monkeypatch, t
     assert len(_image_traces(at)) == 2
     assert counter.calls <= 2, f"{counter.calls} network calls: the stored explanation was not used"
     assert "computed when the demo was built" in _texts(at)
+    # each pane says what made it: the query side the paper profile, the prototype side what the card records
+    assert "Your image: paper profile: Adam 800 steps, loss eq. 13 / 14 with the deletion-scaled distance" in _texts(at)
+    assert "Prototype: fast profile: Adam 100 steps" in _texts(at)
