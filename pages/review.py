@@ -126,18 +126,30 @@ prototype = st.radio(
 )
 
 # ----------------------------------------------------------------------------------- explanation
+truth = review.display_boxes(sample.boxes, (loaded.height, loaded.width)) if from_sample else []
 explanation = S["explanations"].get(review.explanation_key(key, checkpoint, prototype, profile))
 if explanation is None:
     bar = st.progress(0.0, text="Explaining: finding the regions the model used...")
+    live = st.empty()
+
+    def show_refining(partial: review.Explanation, step: int, total: int) -> None:
+        """The heatmap as it stands, refined in place while the optimisation runs (no extra model call)."""
+        settings = review.settings_from(S)
+        rendered = review.render_case(case, checkpoint, partial, settings, truth)
+        with live.container():
+            st.plotly_chart(rendered.figure, key=f"refining-{step}", width="stretch", config={"displaylogo": False})
+            st.caption(f"Refining in place: step {step} of {total}. " + rendered.caption)
+
     try:
         explanation = review.explain_cached(
             S["explanations"], key, checkpoint, case.x, prototype, profile,
-            progress=lambda fraction, text: bar.progress(fraction, text=text),
+            progress=lambda fraction, text: bar.progress(fraction, text=text), preview=show_refining,
         )
     except review.ReviewError as exc:
         st.error(str(exc))
         st.stop()
     bar.empty()
+    live.empty()
 
 
 @st.fragment
@@ -153,7 +165,6 @@ def panes(explanation: review.Explanation) -> None:
     view = c[3].radio("View", list(review.VIEWS), format_func=review.VIEWS.get, horizontal=True, key="view")
     colormap = c[4].selectbox("Colormap", review.COLORMAPS, key="colormap")
     settings = review.DisplaySettings(gamma=gamma, alpha=alpha, beta=beta, view=view, colormap=colormap)
-    truth = review.display_boxes(sample.boxes, (loaded.height, loaded.width)) if from_sample else []
     rendered = review.render_case(case, checkpoint, explanation, settings, truth)
     st.plotly_chart(rendered.figure, key="panes", width="stretch",
                     config={"displaylogo": False, "scrollZoom": True, "modeBarButtonsToRemove": ["toImage"]})

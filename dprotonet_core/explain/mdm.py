@@ -33,6 +33,8 @@ from torch import nn
 from dprotonet_core.config import MDM_PROFILES, PAPER_MDM, MDMConfig
 
 ProgressFn = Callable[[int, int, float], None]  # (step, total steps, current total loss)
+# (step, total steps, the live mask vectors after that step's projection): read them, never modify or keep them
+VectorsFn = Callable[[int, int, list[torch.Tensor]], None]
 CancelFn = Callable[[], bool]  # returns True to stop
 
 
@@ -307,6 +309,7 @@ def _optimise_group(
     cancel: CancelFn | None,
     deadline: float | None,
     loss: Callable[..., torch.Tensor],
+    on_step: VectorsFn | None = None,
 ) -> tuple[list[torch.Tensor], int, bool, list[float], bool, torch.Tensor]:
     """Optimise D vectors for each of N images in one batch of N*D masked images per step; `loss` is
     query_loss (eq. 13) or prototype_loss (eq. 14). Returns the final per-vector objective (N, D) too."""
@@ -356,6 +359,8 @@ def _optimise_group(
         history.append(float(total.detach()))
         if progress is not None:
             progress(steps, cfg.iterations, history[-1])
+        if on_step is not None:
+            on_step(steps, cfg.iterations, vectors)
         if cfg.tol > 0:
             window.append(per_vector.detach())
             if len(window) > cfg.patience:
@@ -389,6 +394,7 @@ def optimise_mask_vectors(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     side: str = "query",
+    on_step: VectorsFn | None = None,
 ) -> MDMResult:
     """Minimise eq. 13 (`side` "query") or eq. 14 ("prototype") for the D mask vectors of one image, all D in
     one batch per step.
@@ -417,7 +423,8 @@ def optimise_mask_vectors(
         for lo in range(0, n, per_group):
             sl = slice(lo, lo + per_group)
             vecs, k, conv, hist, by_time, final = _optimise_group(
-                model, images[sl].detach(), indices[sl], targets[sl], cfg, progress, cancel, deadline, loss
+                model, images[sl].detach(), indices[sl], targets[sl], cfg, progress, cancel, deadline, loss,
+                on_step if n <= per_group else None,  # a live view only of a run that is one group
             )
             parts.append(vecs)
             finals.append(final)
@@ -449,12 +456,15 @@ def explain_query(
     cfg: MDMConfig = PAPER_MDM,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    on_step: VectorsFn | None = None,
 ) -> QueryExplanation:
-    """Query side: detection node (eq. 12), then the D vectors d_i^x of eq. 13 for x (3, H, W)."""
+    """Query side: detection node (eq. 12), then the D vectors d_i^x of eq. 13 for x (3, H, W). `on_step` sees
+    the vectors after every step (the app draws the heatmap from them while the optimisation runs)."""
     node = detection_node(model, x, prototype)
     with torch.no_grad():
         z_query = model.feature_vectors(x.unsqueeze(0) if x.dim() == 3 else x, node.mask_index)[0]
-    result = optimise_mask_vectors(model, x.reshape(3, *x.shape[-2:]), node.mask_index, z_query, cfg, progress, cancel)
+    result = optimise_mask_vectors(model, x.reshape(3, *x.shape[-2:]), node.mask_index, z_query, cfg, progress,
+                                   cancel, on_step=on_step)
     return QueryExplanation(node=node, result=result)
 
 

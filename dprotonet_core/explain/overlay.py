@@ -216,6 +216,15 @@ class DisplaySettings:
         )
 
 
+def settings_from(values, defaults: DisplaySettings | None = None) -> DisplaySettings:
+    """Display settings read from a mapping with the controls' keys (gamma, alpha, beta, view, colormap), the
+    defaults where a key is absent (e.g. the review page's session state before its sliders are drawn)."""
+    d = defaults or DisplaySettings()
+    return DisplaySettings(gamma=float(values.get("gamma", d.gamma)), alpha=float(values.get("alpha", d.alpha)),
+                           beta=float(values.get("beta", d.beta)), view=values.get("view", d.view),
+                           colormap=values.get("colormap", d.colormap))
+
+
 def default_settings() -> DisplaySettings:
     """The paper's defaults (config.OverlayConfig: gamma 3, alpha 0.5, beta 0.3)."""
     return DisplaySettings()

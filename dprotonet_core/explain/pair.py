@@ -95,10 +95,11 @@ def prototype_side(checkpoint, prototype: int, cfg: MDMConfig = PAPER_MDM, compu
 
 def explain_pair(checkpoint, x: torch.Tensor, prototype: int | None = None, cfg: MDMConfig = PAPER_MDM,
                  profile_name: str | None = None, progress=None, cancel=None,
-                 compute_missing: bool = True) -> PairExplanation:
+                 compute_missing: bool = True, on_step=None) -> PairExplanation:
     """Explain query x (3, S, S) in [0, 1] against prototype `prototype` (default: p_t of eq. 12): the query side
-    computed now with `cfg`, the prototype side stored or computed (`prototype_side`)."""
-    explained = mdm.explain_query(checkpoint.model, x, prototype, cfg, progress, cancel)
+    computed now with `cfg` (`on_step` sees its vectors after every step), the prototype side stored or computed
+    (`prototype_side`)."""
+    explained = mdm.explain_query(checkpoint.model, x, prototype, cfg, progress, cancel, on_step)
     node, method = explained.node, mdm.method_label(cfg, profile_name)
     if not checkpoint.prototypes and compute_missing:  # a bare model: the query image stands in for x^pt
         result = mdm.explain_prototypes(checkpoint.model, x[None], [node.mask_index], cfg, progress, cancel,

@@ -104,6 +104,7 @@ from dprotonet_core.review.render import (  # noqa: F401
     png_bytes,
     render_case,
     render_pane,
+    settings_from,
 )
 from dprotonet_core.review.report import (  # noqa: F401
     ReportInputs,

@@ -103,6 +103,8 @@ def _stored_side(checkpoint: Checkpoint, prototype: int):
 
 
 ProgressCallback = Callable[[float, str], None]
+PreviewCallback = Callable[["Explanation", int, int], None]  # (the explanation so far, step, total steps)
+PREVIEW_EVERY_S = 1.0  # a refining heatmap at most this often (the first one after the first step)
 
 
 def explain(
@@ -113,11 +115,14 @@ def explain(
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
     time_limit_s: float = MDM_TIME_LIMIT_S,
+    preview: PreviewCallback | None = None,
 ) -> Explanation:
     """MDM on the query (eq. 12-13) for one prototype, plus the stored prototype side (eq. 14).
 
     `progress(fraction, text)` is called as iterations run; `cancel()` returning True stops the run
-    (ReviewError). The run stops at `time_limit_s` and the result says so."""
+    (ReviewError). The run stops at `time_limit_s` and the result says so. `preview(explanation, step, total)`
+    gets the explanation as it stands after the first step and then at most every PREVIEW_EVERY_S seconds
+    (its query method says "refining: step k of n"), so a page can show the heatmap while it refines."""
     from dprotonet_core.explain import mdm
 
     if profile not in MDM_PROFILES:
@@ -132,10 +137,11 @@ def explain(
 
     from dprotonet_core.explain.pair import explain_pair
 
-    _stored_side(checkpoint, prototype)  # before minutes of optimisation: the panes need the stored side
+    side = _stored_side(checkpoint, prototype)  # before minutes of optimisation: the panes need the stored side
+    on_step = None if preview is None else _previewer(checkpoint, prototype, profile, side, preview)
     try:
         pair = explain_pair(checkpoint, x[0], prototype, cfg, profile, progress=report, cancel=cancel,
-                            compute_missing=False)
+                            compute_missing=False, on_step=on_step)
     except mdm.MDMCancelled:
         raise ReviewError("The explanation was cancelled.") from None
     except ValueError as exc:
@@ -158,6 +164,33 @@ def explain(
     )
 
 
+def _previewer(checkpoint: Checkpoint, prototype: int, profile: str, side, preview: PreviewCallback):
+    """An mdm on_step hook that hands `preview` the explanation so far: after step 1, then every PREVIEW_EVERY_S."""
+    import time
+
+    from dprotonet_core.explain import mdm
+
+    size = int(checkpoint.model.config.input_size)
+    method = mdm.method_label(mdm.profile(profile), profile)
+    last = [float("-inf")]
+
+    def on_step(step: int, total: int, vectors: list[torch.Tensor]) -> None:
+        now = time.perf_counter()
+        if step > 1 and now - last[0] < PREVIEW_EVERY_S:
+            return
+        last[0] = now
+        with torch.no_grad():
+            stack = mdm.mask_stack([v.detach()[0] if v.dim() == 3 else v.detach() for v in vectors], size)
+        preview(Explanation(
+            prototype=prototype, mask_index=-1, prototype_mask_index=side.mask_index,
+            query_stack=np.asarray(stack, dtype=np.float32), prototype_stack=side.stack, profile=profile,
+            iterations=step, seconds=0.0, query_method=f"{method}; refining: step {step} of {total}",
+            prototype_method=side.method,
+        ), step, total)
+
+    return on_step
+
+
 def explain_cached(
     cache: ExplanationCache,
     key_image: str,
@@ -168,9 +201,10 @@ def explain_cached(
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
     time_limit_s: float = MDM_TIME_LIMIT_S,
+    preview: PreviewCallback | None = None,
 ) -> Explanation:
     """`explain` through the session's cache, then the bundled samples' stored explanations: a hit
-    costs no model call."""
+    costs no model call (and no preview)."""
     key = explanation_key(key_image, checkpoint, prototype, profile)
     hit = cache.get(key)
     if hit is not None:
@@ -179,7 +213,7 @@ def explain_cached(
     if value is not None:
         cache.put(key, value)
         return value
-    value = explain(checkpoint, x, prototype, profile, progress, cancel, time_limit_s)
+    value = explain(checkpoint, x, prototype, profile, progress, cancel, time_limit_s, preview)
     cache.put(key, value)
     LOG.info("explanation: image %s, checkpoint %s, prototype %d, %s profile, %d iterations%s (%.2f s)",
              key_image[:12], key[1], prototype, profile, value.iterations,

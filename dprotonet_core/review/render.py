@@ -20,6 +20,7 @@ from dprotonet_core.explain.overlay import (  # noqa: F401 - the pages reach the
     View,
     default_settings,
     render_pane,
+    settings_from,
 )
 from dprotonet_core.review.case import Case
 from dprotonet_core.review.explanation import Explanation

@@ -138,6 +138,26 @@ def test_explanation_stacks_and_cache(case, checkpoint, explanation, monkeypatch
     assert cache.nbytes() == 2 * (explanation.query_stack.nbytes + explanation.prototype_stack.nbytes)
 
 
+def test_explain_previews_the_heatmap_while_it_refines(case, checkpoint, monkeypatch):
+    """The first preview comes after the first step, later ones at most every PREVIEW_EVERY_S, each a whole
+    explanation the panes can render; the final result is what the optimisation returns."""
+    monkeypatch.setattr(review.explanation, "PREVIEW_EVERY_S", 0.0)  # every step, so the test sees several
+    seen = []
+    final = review.explain(checkpoint, case.x, 0, "fast", preview=lambda e, step, total: seen.append((e, step, total)))
+    steps = [step for _, step, _ in seen]
+    assert steps[0] == 1 and steps == sorted(steps) and steps[-1] == final.iterations
+    first, _, total = seen[0]
+    assert total == final.iterations and "refining: step 1 of" in first.query_method
+    assert first.query_stack.shape == final.query_stack.shape
+    np.testing.assert_allclose(seen[-1][0].query_stack, final.query_stack, atol=1e-6)  # the last preview is the end
+    rendered = review.render_case(case, checkpoint, first, review.default_settings())
+    assert rendered.query.image.shape[2] == 3
+    monkeypatch.setattr(review.explanation, "PREVIEW_EVERY_S", 3600.0)
+    seen.clear()
+    review.explain(checkpoint, case.x, 0, "fast", preview=lambda e, step, total: seen.append(step))
+    assert seen == [1]  # the first one at once, then none within the hour
+
+
 def test_explain_reports_progress_and_can_be_cancelled(case, checkpoint):
     seen: list[float] = []
     review.explain(checkpoint, case.x, 0, "fast", progress=lambda f, text: seen.append(f))

@@ -1,0 +1,88 @@
+"""Seconds from the prediction to the first heatmap and to the finished explanation, in Chromium, on the bundled
+checkpoints, as a user uploads: `python -m bench.first_heatmap [--profiles fast paper]`.
+
+A real `streamlit run` on loopback (the server's default: 1 torch thread per request), Debian's Chromium through
+Playwright. For each image and MDM profile a fresh page uploads the file and the script times, from the moment
+"Prediction:" is on the page, (1) the first refining heatmap (both panes drawn, "Refining in place") and (2) the
+finished panes ("Download report"). Images: the shared chest CR DICOM (1024 x 1024) and a PALM photograph of the
+shared set (224 px) upscaled to 2124 x 2056, the size of the PALM originals, as a stand-in for a full-resolution
+fundus photograph (none is on this machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from bench.common import machine_info
+from tests.conftest import PALM_DIR, REAL_DICOM
+from tests.server_support import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+
+PROFILE_LABELS = {"paper": "Paper protocol (800 steps)", "fast": "Fast (100 steps)"}
+
+
+def _full_size_fundus(folder: Path) -> Path:
+    source = PALM_DIR / "P0007.jpg"
+    path = folder / "palm-P0007-2124x2056.jpg"
+    Image.open(source).convert("RGB").resize((2124, 2056), Image.BICUBIC).save(path, quality=95)
+    return path
+
+
+def _pick_profile(page, profile: str) -> None:
+    if profile == "paper":  # the default
+        return
+    page.get_by_text(PROFILE_LABELS["paper"]).first.click()
+    page.get_by_role("option", name=PROFILE_LABELS[profile]).click()
+    page.get_by_text(PROFILE_LABELS[profile]).first.wait_for()
+
+
+def measure(browser, url: str, path: Path, profile: str, timeout_s: float) -> tuple[float, float]:
+    """(seconds to the first heatmap, seconds to the finished panes), both from the prediction."""
+    page = browser.new_page(viewport={"width": 1440, "height": 1100})
+    page.set_default_timeout(timeout_s * 1000)
+    page.goto(url)
+    page.get_by_text("Upload an image").first.wait_for()
+    _pick_profile(page, profile)
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    page.get_by_text("Prediction:").first.wait_for()
+    start = time.perf_counter()
+    page.get_by_text("Refining in place").first.wait_for()
+    page.locator(".js-plotly-plot .imagelayer image").nth(1).wait_for(state="attached")
+    first = time.perf_counter() - start
+    page.get_by_text("Download report (PNG)").first.wait_for()
+    done = time.perf_counter() - start
+    page.close()
+    return first, done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", nargs="+", default=["fast", "paper"], choices=sorted(PROFILE_LABELS))
+    parser.add_argument("--timeout", type=float, default=900.0)
+    args = parser.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+
+    print(machine_info(), "; server: 1 torch thread per request (DPROTONET_TORCH_THREADS default)")
+    print("| image | profile | first heatmap s | finished s |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        images = {"chest CR DICOM 1024 x 1024": REAL_DICOM, "fundus JPEG 2124 x 2056": _full_size_fundus(Path(tmp))}
+        env = {**os.environ, "DPROTONET_BUNDLED": "1", "DPROTONET_MODELS_DIR": str(Path(tmp) / "none"),
+               "DPROTONET_SAMPLES_DIR": str(Path(tmp) / "no-samples")}
+        with streamlit_server(env) as (url, _), sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            for profile in args.profiles:
+                for name, path in images.items():
+                    first, done = measure(browser, url, path, profile, args.timeout)
+                    print(f"| {name} | {profile} | {first:.1f} | {done:.1f} |", flush=True)
+            browser.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
