@@ -90,6 +90,7 @@ from dprotonet_core.review.gallery import (  # noqa: F401
     PrototypeCard,
     prototype_card,
     prototype_cards,
+    stored_prototype_method,
     weights_figure,
 )
 from dprotonet_core.review.render import (  # noqa: F401

@@ -76,3 +76,10 @@ def weights_figure(checkpoint: Checkpoint, classes: Iterable[str] | None = None)
         yaxis_title="weight w", xaxis_title="prototype (its own class)", legend={"orientation": "h", "y": -0.3},
     )
     return fig
+
+
+def stored_prototype_method(checkpoint: Checkpoint) -> str:
+    """How the checkpoint's stored prototype heatmaps were made (profile, steps, loss), from its card."""
+    from dprotonet_core.explain.pair import stored_method
+
+    return stored_method(checkpoint.card)

@@ -318,3 +318,9 @@ def test_prediction_headline_names_the_threshold_it_was_compared_with(checkpoint
     assert pred.class_index == 1 and head == (f"Prediction: {checkpoint.classes[1]} (p({checkpoint.classes[1]}) = "
                                               f"{p1:.3f} >= threshold {p1 / 2:.3f})")
     assert "threshold" in review.decision_text(thresholded) and "argmax" in review.decision_text(checkpoint)
+
+
+def test_stored_prototype_heatmaps_say_how_they_were_made(checkpoint):
+    bundled = review.load_model(REPO / "assets" / "checkpoints" / "ichallenge-pm")
+    assert review.stored_prototype_method(bundled).startswith("fast profile: Adam 100 steps, loss eq. 13 / 14")
+    assert "not recorded" in review.stored_prototype_method(checkpoint)  # the tiny test model keeps no record
