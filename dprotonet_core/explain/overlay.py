@@ -76,7 +76,7 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return ((x - lo) * (1.0 / (hi - lo))).astype(np.float32, copy=False)
 
 
-def cam(stack_or_sum: np.ndarray, gamma: float = 3.0) -> CAM:
+def cam(stack_or_sum: np.ndarray, gamma: float = _DEFAULTS.gamma) -> CAM:
     """Eq. 15/16: A = N(1{S >= gamma} S), gamma in [0, D].
 
     Takes the (D, H, W) mask stack or its (H, W) sum S (pass S to save the sum on each call).
@@ -130,7 +130,8 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def heatmap_image(
-    x: np.ndarray, a: np.ndarray, alpha: float = 0.5, beta: float = 0.3, colormap: str = "jet"
+    x: np.ndarray, a: np.ndarray, alpha: float = _DEFAULTS.alpha, beta: float = _DEFAULTS.beta,
+    colormap: str = _DEFAULTS.colormap,
 ) -> np.ndarray:
     """Eq. 17: A_h = alpha x + beta colormap(A), clipped to [0, 1]; returns (H, W, 3) uint8.
 
