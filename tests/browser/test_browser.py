@@ -74,6 +74,7 @@ def _screenshot(page, name: str) -> None:
 def _upload_and_wait(page, path: Path) -> None:
     page.locator("input[type=file]").first.set_input_files(str(path))
     page.get_by_text("Prediction:").first.wait_for()
+    page.get_by_role("button", name="Download report (PNG)").wait_for()  # the finished panes, not a preview
     _pane_images(page, wait=True)
 
 

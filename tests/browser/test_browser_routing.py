@@ -48,6 +48,7 @@ def test_chest_dicom_on_the_fundus_model_switches_with_a_notice(server):
         page.get_by_text("Prediction:").first.wait_for()
         sidebar.get_by_text("adult chest radiographs of the RSNA").first.wait_for()  # the sidebar follows
         assert sidebar.get_by_text("iChallenge-PM fundus photographs").count() == 0
+        page.get_by_role("button", name="Download report (PNG)").wait_for()  # finished, not a refining preview
         page.locator(".js-plotly-plot .imagelayer image").nth(1).wait_for(state="attached")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "review-routed-chest-dicom.png"), full_page=True)

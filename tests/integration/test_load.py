@@ -190,6 +190,8 @@ def test_eight_concurrent_sessions_each_get_their_own_correct_result(server, mod
             for i, page in enumerate(pages):
                 try:
                     page.get_by_text("Prediction:").first.wait_for()
+                    # finished, not a refining preview: the report buttons come with the final panes only
+                    page.get_by_role("button", name="Download report (JSON)").wait_for()
                     _pane_images(page, wait=True)
                 except Exception:
                     ARTIFACTS.mkdir(parents=True, exist_ok=True)
