@@ -14,14 +14,10 @@ from pathlib import Path
 
 import torch
 
+from dprotonet_core.machine import machine_info
+
 # samples.csv's dataset column -> the bundled checkpoint that reads such images
 SAMPLE_CHECKPOINTS = {"ichallenge-pm": "ichallenge-pm", "rsna-pneumonia": "rsna-pneumonia"}
-
-
-def machine() -> str:
-    from dprotonet_core.machine import machine_info
-
-    return machine_info()
 
 
 def prototype_side(ckpt, profile: str) -> tuple[list[torch.Tensor], float]:
@@ -38,7 +34,7 @@ def prototype_mdm_record(profile: str, seconds: float) -> dict:
     from dprotonet_core.explain.mdm import profile as mdm_profile
 
     return {"profile": profile, "seconds": round(seconds, 1), "mdm_config": dataclasses.asdict(mdm_profile(profile)),
-            "machine": machine()}
+            "machine": machine_info()}
 
 
 def refresh_prototype_side(folder: Path, profile: str) -> dict:
@@ -95,7 +91,7 @@ def store_sample_explanations(
             else:
                 explained = review.explain(ck, x, prototype, profile, time_limit_s=float("inf"))  # the app's run
                 store.save(out, x[0], sha, prototype, profile, cfg, list(explained.query_vectors),
-                           explained.mask_index, explained.iterations, explained.seconds, machine(),
+                           explained.mask_index, explained.iterations, explained.seconds, machine_info(),
                            explained.final_objective, explained.query_method)
                 row.update(seconds=round(explained.seconds, 1),
                            max_S=round(float(explained.query_stack.sum(0).max()), 2))

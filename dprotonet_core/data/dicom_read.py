@@ -155,8 +155,9 @@ def _check_native_length(ds: Dataset, rows: int, cols: int, frames: int, samples
             f"describes ({expected} bytes): its rows cannot be laid out reliably.")
 
 
-def _check_compressed_frame(ds: Dataset, uid: UID, rows: int, cols: int, samples: int) -> None:
-    """Frame 1's own stream must declare the header's size; JPEG frames must be whole; RLE must not overflow."""
+def _check_compressed_frame(ds: Dataset, uid: UID, rows: int, cols: int, samples: int) -> bytes:
+    """Frame 1's own stream must declare the header's size; JPEG frames must be whole; RLE must not overflow.
+    Returns frame 1's bytes."""
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=_header_int(ds, "NumberOfFrames", 1)))
     except Exception:
@@ -164,7 +165,7 @@ def _check_compressed_frame(ds: Dataset, uid: UID, rows: int, cols: int, samples
     if uid == pydicom.uid.RLELossless:
         bytes_per_sample = (_header_int(ds, "BitsAllocated", 8) + 7) // 8
         codestreams.check_rle_frame(frame, rows, cols, samples * bytes_per_sample)
-        return
+        return frame
     size = codestreams.decoded_frame_size(frame, uid.name)
     if size is not None and size != (rows, cols):
         raise ImageReadError(
@@ -173,18 +174,19 @@ def _check_compressed_frame(ds: Dataset, uid: UID, rows: int, cols: int, samples
     if "JPEG" in uid.name and "2000" not in uid.name and "LS" not in uid.name:
         codestreams.check_jpeg_scans(frame, "DICOM file's JPEG frame")
         codestreams.check_jpeg_whole(frame, "DICOM file's JPEG frame")
+    return frame
 
 
 _PILLOW_JPEG_SYNTAXES = (pydicom.uid.JPEGBaseline8Bit, pydicom.uid.JPEGExtended12Bit)
 
 
-def _decode_reduced_jpeg_frame(ds: Dataset, uid: UID, factor: int) -> np.ndarray | None:
-    """Frame 1 of an 8-bit JPEG DICOM decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's draft), so a
-    large colour frame never exists at full size; None when this path does not apply (pydicom decodes it)."""
+def _decode_reduced_jpeg_frame(frame: bytes, uid: UID, factor: int) -> np.ndarray | None:
+    """Frame 1 (its bytes) of an 8-bit JPEG DICOM decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's
+    draft), so a large colour frame never exists at full size; None when this path does not apply (pydicom
+    decodes it)."""
     if uid not in _PILLOW_JPEG_SYNTAXES:
         return None
     try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=_header_int(ds, "NumberOfFrames", 1)))
         size = codestreams.jpeg_frame_size(frame)
         if size is None or size[2] != 8 or size[3] not in (1, 3):
             return None
@@ -377,10 +379,11 @@ def read_dicom(data: bytes, *, max_pixels: int, window: Window | None) -> Loaded
     ds = parse_dicom(data)
     rows, cols, frames, samples = _check_header(ds, max_pixels)
     uid = transfer_syntax(ds)
+    frame = None  # frame 1's compressed bytes
     if "PixelData" in ds:
         _check_decoder(uid)
         if uid.is_compressed:
-            _check_compressed_frame(ds, uid, rows, cols, samples)
+            frame = _check_compressed_frame(ds, uid, rows, cols, samples)
         else:
             _check_native_length(ds, rows, cols, frames, samples)
     flatten_functional_groups(ds)
@@ -390,7 +393,7 @@ def read_dicom(data: bytes, *, max_pixels: int, window: Window | None) -> Loaded
     if has_burned_in_annotation(ds):
         notices.append(BURNED_IN_NOTICE)
     factor = working_factor(cols, rows)
-    arr = _decode_reduced_jpeg_frame(ds, uid, factor) if factor > 1 else None
+    arr = _decode_reduced_jpeg_frame(frame, uid, factor) if factor > 1 and frame is not None else None
     if arr is None:
         arr = _decode_first_frame(ds, uid)
     if frames > 1 and arr.ndim >= 3 and arr.shape[0] == frames and arr.shape[1:3] == (rows, cols):

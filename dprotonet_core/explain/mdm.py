@@ -322,13 +322,23 @@ def _optimise_group(
     x_rep = images.repeat_interleave(d, dim=0).contiguous(memory_format=memory)  # (N*D, 3, H, W)
     base = None if cfg.baseline == "black" else baseline_image(x_rep, cfg.baseline, cfg.blur_sigma)
     idx_rep = mask_indices.repeat_interleave(d)
-    t_rep = targets.repeat_interleave(d, dim=0)
-    scale = None
+    t_nd = targets.unsqueeze(1).expand(n, d, targets.shape[-1])  # the target of each vector: (N, D, Dz)
+    scale_nd = None  # s(z_j(b), target) of each vector, the deletion form's scale: (N, D)
     if cfg.distance == "deletion":
         with torch.no_grad():
             blank = baseline_image(images, cfg.baseline, cfg.blur_sigma)  # g = 0 everywhere
-            scale = deletion_distance(model.feature_vectors(blank, mask_indices), targets).repeat_interleave(d)
+            scale_nd = deletion_distance(model.feature_vectors(blank, mask_indices), targets).unsqueeze(1).expand(n, d)
     eta = cfg.effective_eta
+
+    def objective(vectors: list[torch.Tensor]) -> torch.Tensor:
+        """eq. 13 (query side) or eq. 14 (prototype side) for each vector: (N, D)."""
+        g = upsample_mask_vectors(vectors, size).reshape(n * d, 1, *size)  # (N*D, 1, H, W)
+        z = model.feature_vectors(masked_image(x_rep, g, base), idx_rep).reshape(n, d, -1)  # (N, D, Dz)
+        return torch.stack([
+            loss(z[:, i], t_nd[:, i], vectors[i], eta, cfg.distance, None if scale_nd is None else scale_nd[:, i])
+            for i in range(d)
+        ], dim=1)
+
     history: list[float] = []
     window: list[torch.Tensor] = []
     converged = stopped_by_time = False
@@ -341,13 +351,7 @@ def _optimise_group(
             break
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(cfg, step)
-        g = upsample_mask_vectors(vectors, size).reshape(n * d, 1, *size)  # (N*D, 1, H, W)
-        z = model.feature_vectors(masked_image(x_rep, g, base), idx_rep).reshape(n, d, -1)  # (N, D, Dz)
-        per_vector = torch.stack([  # eq. 13 (query side) or eq. 14 (prototype side), one term per vector
-            loss(z[:, i], t_rep.reshape(n, d, -1)[:, i], vectors[i], eta, cfg.distance,
-                 None if scale is None else scale.reshape(n, d)[:, i])
-            for i in range(d)
-        ], dim=1)  # (N, D)
+        per_vector = objective(vectors)
         total = per_vector.sum()
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -369,20 +373,9 @@ def _optimise_group(
                 if bool((change < cfg.tol).all()):
                     converged = True
                     break
-    final = _objective(model, x_rep, base, idx_rep, t_rep, vectors, cfg, scale, loss, n, d, size)
+    with torch.no_grad():  # at the vectors as returned (after the last projection onto [0, 1])
+        final = objective(vectors).float().cpu()
     return [v.detach() for v in vectors], steps, converged, history, stopped_by_time, final
-
-
-@torch.no_grad()
-def _objective(model, x_rep, base, idx_rep, t_rep, vectors, cfg, scale, loss, n, d, size) -> torch.Tensor:
-    """The per-vector objective (N, D) at the vectors as they are (after the last projection onto [0, 1])."""
-    g = upsample_mask_vectors(vectors, size).reshape(n * d, 1, *size)
-    z = model.feature_vectors(masked_image(x_rep, g, base), idx_rep).reshape(n, d, -1)
-    return torch.stack([
-        loss(z[:, i], t_rep.reshape(n, d, -1)[:, i], vectors[i], cfg.effective_eta, cfg.distance,
-             None if scale is None else scale.reshape(n, d)[:, i])
-        for i in range(d)
-    ], dim=1).float().cpu()
 
 
 def optimise_mask_vectors(

@@ -95,10 +95,10 @@ def prototype_side(checkpoint, prototype: int, cfg: MDMConfig = PAPER_MDM, compu
 
 def explain_pair(checkpoint, x: torch.Tensor, prototype: int | None = None, cfg: MDMConfig = PAPER_MDM,
                  profile_name: str | None = None, progress=None, cancel=None,
-                 compute_missing: bool = True, on_step=None) -> PairExplanation:
+                 compute_missing: bool = True, on_step=None, side: PrototypeSide | None = None) -> PairExplanation:
     """Explain query x (3, S, S) in [0, 1] against prototype `prototype` (default: p_t of eq. 12): the query side
     computed now with `cfg` (`on_step` sees its vectors after every step), the prototype side stored or computed
-    (`prototype_side`)."""
+    (`prototype_side`), or `side` when the caller has read it already for that prototype."""
     explained = mdm.explain_query(checkpoint.model, x, prototype, cfg, progress, cancel, on_step)
     node, method = explained.node, mdm.method_label(cfg, profile_name)
     if not checkpoint.prototypes and compute_missing:  # a bare model: the query image stands in for x^pt
@@ -108,7 +108,8 @@ def explain_pair(checkpoint, x: torch.Tensor, prototype: int | None = None, cfg:
                              f"{mdm.method_label(cfg)}; computed now", False)
         note = "the checkpoint has no prototype source images: the query image stands in for x^pt"
         return PairExplanation(node, explained.result, method, side, note)
-    side = prototype_side(checkpoint, node.prototype, cfg, compute_missing, progress, cancel)
+    if side is None:
+        side = prototype_side(checkpoint, node.prototype, cfg, compute_missing, progress, cancel)
     note = None if side.stored else "the checkpoint stores no prototype-side masks: computed now (eq. 14)"
     return PairExplanation(node, explained.result, method, side, note)
 

@@ -141,7 +141,7 @@ def explain(
     on_step = None if preview is None else _previewer(checkpoint, prototype, profile, side, preview)
     try:
         pair = explain_pair(checkpoint, x[0], prototype, cfg, profile, progress=report, cancel=cancel,
-                            compute_missing=False, on_step=on_step)
+                            compute_missing=False, on_step=on_step, side=side)
     except mdm.MDMCancelled:
         raise ReviewError("The explanation was cancelled.") from None
     except ValueError as exc:
@@ -180,7 +180,7 @@ def _previewer(checkpoint: Checkpoint, prototype: int, profile: str, side, previ
             return
         last[0] = now
         with torch.no_grad():
-            stack = mdm.mask_stack([v.detach()[0] if v.dim() == 3 else v.detach() for v in vectors], size)
+            stack = mdm.mask_stack([v[0] for v in vectors], size)  # one image: vectors are (1, a_i, a_i)
         preview(Explanation(
             prototype=prototype, mask_index=-1, prototype_mask_index=side.mask_index,
             query_stack=np.asarray(stack, dtype=np.float32), prototype_stack=side.stack, profile=profile,
