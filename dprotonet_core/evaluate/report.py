@@ -17,7 +17,6 @@ import csv
 import json
 import math
 import os
-import re  # noqa: F401
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,8 +222,6 @@ def write_reports(out: Path, metrics: dict, pred: Predictions, cams: CamEvaluati
 
 
 # --- reading it back (the Evaluation page) ---------------------------------------------------
-
-
 
 
 @dataclass

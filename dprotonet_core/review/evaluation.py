@@ -17,15 +17,19 @@ def format_timestamp(value: Any) -> str:
     return f"{match.group(1)} {match.group(2)}" + (" UTC" if match.group(5) else "")
 
 
+_FIGURES = (("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
+            ("roc_auc", "ROC AUC"))
+
+
+def _figure_text(value) -> str:
+    """A stored figure as text: 'n/a' where it was not measured (missing, None or NaN)."""
+    return "n/a" if not isinstance(value, (int, float)) or value != value else f"{value:.3f}"
+
+
 def classification_metrics(view: EvaluationView) -> dict[str, str]:
     """Headline classification numbers as text ('n/a' where not measured)."""
     cls = view.metrics.get("classification") or {}
-    out = {}
-    for key, label in (("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
-                       ("roc_auc", "ROC AUC")):
-        value = cls.get(key)
-        out[label] = "n/a" if not isinstance(value, (int, float)) else f"{value:.3f}"
-    return out
+    return {label: _figure_text(cls.get(key)) for key, label in _FIGURES}
 
 
 def classification_by_view(view: EvaluationView) -> list[dict[str, str]]:
@@ -35,9 +39,6 @@ def classification_by_view(view: EvaluationView) -> list[dict[str, str]]:
         if not isinstance(fig, dict):
             continue
         row = {"View": str(name), "Images": str(fig.get("n", "?")), "Positives": str(fig.get("positives", "?"))}
-        for key, label in (("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
-                           ("roc_auc", "ROC AUC")):
-            value = fig.get(key)
-            row[label] = "n/a" if not isinstance(value, (int, float)) or value != value else f"{value:.3f}"
+        row.update({label: _figure_text(fig.get(key)) for key, label in _FIGURES})
         rows.append(row)
     return rows
