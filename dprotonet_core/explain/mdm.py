@@ -20,6 +20,7 @@ needs no further model call.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -85,7 +86,8 @@ def loss_label(cfg: MDMConfig) -> str:
 def method_label(cfg: MDMConfig, name: str | None = None) -> str:
     """'<profile>: <optimiser> <steps> steps, <loss>': what produced a mask stack."""
     head = f"{name} profile: " if name else ""
-    return f"{head}{cfg.optimizer.capitalize()} {cfg.iterations} steps, {loss_label(cfg)}"
+    arithmetic = ", network in bf16" if cfg.precision == "bf16" else ""
+    return f"{head}{cfg.optimizer.capitalize()} {cfg.iterations} steps{arithmetic}, {loss_label(cfg)}"
 
 
 def profile(name: str) -> MDMConfig:
@@ -262,24 +264,68 @@ def prototype_loss(
 # --- the optimisation -----------------------------------------------------------------------
 
 
+def is_channels_last(model: nn.Module) -> bool:
+    """True when the model's 4-d weights (its convolutions) are stored channels_last."""
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    return bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+
+
 @contextlib.contextmanager
 def frozen(model: nn.Module, channels_last: bool = False) -> Iterator[nn.Module]:
-    """Eval mode, no parameter gradients (and optionally channels_last) for the duration."""
+    """Eval mode, no parameter gradients (and optionally channels_last) for the duration.
+
+    A model already stored channels_last is left as it is (the app keeps its shared models so, at load, so that
+    no request converts a model another request is using); one converted here is converted back after."""
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
     for p, _ in flags:
         p.requires_grad_(False)
-    if channels_last:
+    convert = channels_last and not is_channels_last(model)
+    if convert:
         model.to(memory_format=torch.channels_last)
     try:
         yield model
     finally:
-        if channels_last:
+        if convert:
             model.to(memory_format=torch.contiguous_format)
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
+
+
+def network_precision(precision: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
+    """The frozen network's arithmetic during MDM steps: "fp32" (the paper protocol) or "bf16" (autocast: matrix
+    products and convolutions in bfloat16, reductions and the loss in float32; see MDMConfig.precision)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    raise ValueError(f"unknown precision {precision!r}; choose fp32 or bf16")
+
+
+@functools.cache
+def fast_bf16(device_type: str = "cpu") -> bool:
+    """Whether bfloat16 arithmetic is native on this device (else autocast to bf16 would be emulated, slower than
+    float32): CUDA that supports it, or a CPU with AVX512-BF16 or AMX-BF16 that oneDNN can use."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type != "cpu" or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def runnable(cfg: MDMConfig, device: torch.device | str = "cpu") -> MDMConfig:
+    """cfg as it will run on `device`: a bf16 profile runs in float32 where bf16 is not native (fast_bf16), and
+    every label made from the returned config says so."""
+    if cfg.precision == "bf16" and not fast_bf16(torch.device(device).type):
+        return replace(cfg, precision="fp32")
+    return cfg
 
 
 def _make_optimizer(params: list[torch.Tensor], cfg: MDMConfig) -> torch.optim.Optimizer:
@@ -330,10 +376,13 @@ def _optimise_group(
             scale_nd = deletion_distance(model.feature_vectors(blank, mask_indices), targets).unsqueeze(1).expand(n, d)
     eta = cfg.effective_eta
 
-    def objective(vectors: list[torch.Tensor]) -> torch.Tensor:
-        """eq. 13 (query side) or eq. 14 (prototype side) for each vector: (N, D)."""
+    def objective(vectors: list[torch.Tensor], low_precision: bool = True) -> torch.Tensor:
+        """eq. 13 (query side) or eq. 14 (prototype side) for each vector: (N, D). The network runs in
+        cfg.precision when `low_precision`; the loss itself is always float32."""
         g = upsample_mask_vectors(vectors, size).reshape(n * d, 1, *size)  # (N*D, 1, H, W)
-        z = model.feature_vectors(masked_image(x_rep, g, base), idx_rep).reshape(n, d, -1)  # (N, D, Dz)
+        with network_precision(cfg.precision if low_precision else "fp32", images.device):
+            z = model.feature_vectors(masked_image(x_rep, g, base), idx_rep)
+        z = z.float().reshape(n, d, -1)  # (N, D, Dz)
         return torch.stack([
             loss(z[:, i], t_nd[:, i], vectors[i], eta, cfg.distance, None if scale_nd is None else scale_nd[:, i])
             for i in range(d)
@@ -373,8 +422,8 @@ def _optimise_group(
                 if bool((change < cfg.tol).all()):
                     converged = True
                     break
-    with torch.no_grad():  # at the vectors as returned (after the last projection onto [0, 1])
-        final = objective(vectors).float().cpu()
+    with torch.no_grad():  # at the vectors as returned (after the last projection onto [0, 1]), in float32
+        final = objective(vectors, low_precision=False).float().cpu()
     return [v.detach() for v in vectors], steps, converged, history, stopped_by_time, final
 
 
@@ -400,6 +449,7 @@ def optimise_mask_vectors(
     """
     single = image.dim() == 3
     images = image.unsqueeze(0) if single else image
+    cfg = runnable(cfg, images.device)
     n = images.shape[0]
     indices = torch.as_tensor(mask_index, dtype=torch.long).reshape(-1).expand(n).to(images.device)
     targets = target.detach().reshape(n, -1).float().to(images.device)

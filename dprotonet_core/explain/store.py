@@ -47,6 +47,8 @@ def input_digest(x: torch.Tensor) -> str:
 def settings_json(cfg: MDMConfig) -> str:
     """The result-relevant MDM settings, canonical JSON."""
     data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_RESULT}
+    if data.get("precision") == "fp32":  # float32 is what every file written before the field existed computed
+        del data["precision"]
     return json.dumps(data, sort_keys=True)
 
 

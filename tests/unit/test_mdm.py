@@ -300,3 +300,59 @@ def test_method_labels_name_the_loss():
     assert "800 steps" in mdm.method_label(MDM_PROFILES["paper"])
     assert "as printed, eta 10" in mdm.loss_label(MDMConfig(distance="paper"))
     assert "deletion-scaled distance, eta 0.4" in mdm.loss_label(MDMConfig())
+
+
+def test_bf16_steps_keep_a_float32_objective_and_follow_the_float32_path(tiny_model, monkeypatch):
+    """precision "bf16": the network runs under autocast during the steps, the reported objective is float32 at the
+    returned vectors (equal to eq. 13 by hand), and the answer stays close to the float32 run's."""
+    monkeypatch.setattr(mdm, "fast_bf16", lambda device_type="cpu": True)
+    x = torch.rand(3, 64, 64)
+    node = mdm.detection_node(tiny_model, x)
+    with torch.no_grad():
+        target = tiny_model.feature_vectors(x[None], node.mask_index)[0]
+    cfg = _cfg(iterations=30, lr=0.05)
+    dtypes = []
+    real = tiny_model.feature_vectors
+    monkeypatch.setattr(tiny_model, "feature_vectors", lambda *a, **k: dtypes.append(real(*a, **k).dtype) or
+                        real(*a, **k))
+    low = mdm.optimise_mask_vectors(tiny_model, x, node.mask_index, target, dataclasses.replace(cfg, precision="bf16"))
+    assert torch.bfloat16 in dtypes  # the steps ran in bf16 ...
+    assert dtypes[-1] == torch.float32  # ... and the final objective in float32
+    monkeypatch.setattr(tiny_model, "feature_vectors", real)
+    full = mdm.optimise_mask_vectors(tiny_model, x, node.mask_index, target, cfg)
+    r, iou = mask_agreement(full.stack, low.stack)
+    assert r > 0.9 and iou > 0.6, (r, iou)
+    with torch.no_grad():  # the bf16 run's final objective is eq. 13 at its vectors, in float32
+        g = mdm.upsample_mask_vectors([low.vectors[0][None]], 64)[:, 0:1]
+        z = real(mdm.masked_image(x[None], g), node.mask_index)[0]
+        blank = mdm.baseline_image(x[None], cfg.baseline)
+        scale = mdm.deletion_distance(real(blank, node.mask_index), target[None])[0]
+        by_hand = mdm.query_loss(z, target, low.vectors[0], cfg.effective_eta, cfg.distance, scale)
+    assert abs(float(by_hand) - low.final_objective[0]) < 1e-4
+
+
+def test_bf16_falls_back_to_float32_where_it_is_not_native_and_the_label_says_so(monkeypatch):
+    cfg = dataclasses.replace(PAPER_MDM, precision="bf16")
+    monkeypatch.setattr(mdm, "fast_bf16", lambda device_type="cpu": False)
+    assert mdm.runnable(cfg).precision == "fp32"
+    assert "bf16" not in mdm.method_label(mdm.runnable(cfg))
+    monkeypatch.setattr(mdm, "fast_bf16", lambda device_type="cpu": True)
+    assert mdm.runnable(cfg).precision == "bf16"
+    assert "network in bf16" in mdm.method_label(mdm.runnable(cfg))
+    assert mdm.runnable(PAPER_MDM) == PAPER_MDM
+    with pytest.raises(ValueError):
+        mdm.network_precision("fp8")
+
+
+def test_frozen_leaves_a_channels_last_model_as_it_is_and_restores_one_it_converted(tiny_model):
+    assert not mdm.is_channels_last(tiny_model)
+    with mdm.frozen(tiny_model, channels_last=True):
+        assert mdm.is_channels_last(tiny_model)
+    assert not mdm.is_channels_last(tiny_model)  # converted for the duration only
+    tiny_model.to(memory_format=torch.channels_last)
+    try:
+        with mdm.frozen(tiny_model, channels_last=True):
+            assert mdm.is_channels_last(tiny_model)
+        assert mdm.is_channels_last(tiny_model)  # the app's shared model keeps its layout
+    finally:
+        tiny_model.to(memory_format=torch.contiguous_format)
