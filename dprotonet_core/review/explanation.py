@@ -17,6 +17,7 @@ from dprotonet_core.checkpoint import Checkpoint, model_digest
 from dprotonet_core.config import DEFAULT_MDM_PROFILE
 from dprotonet_core.review.case import samples_dir
 from dprotonet_core.review.catalogue import checkpoint_id
+from dprotonet_core.review.queue import EXPLAINER, Cancelled
 from dprotonet_core.review.settings import LOG, MAX_CACHED_EXPLANATIONS, MDM_PROFILES, MDM_TIME_LIMIT_S, ReviewError
 
 
@@ -127,9 +128,7 @@ def explain(
 
     if profile not in MDM_PROFILES:
         raise ReviewError(f"Unknown explanation profile {profile!r}.")
-    # channels_last=False: mdm.frozen() would otherwise convert the shared model's memory format back and forth,
-    # and the model is shared by every session of the server (st.cache_resource).
-    cfg = dataclasses.replace(mdm.profile(profile), time_limit=time_limit_s, channels_last=False)
+    cfg = dataclasses.replace(mdm.profile(profile), time_limit=time_limit_s)
 
     def report(step: int, total: int, _loss: float) -> None:
         if progress is not None:
@@ -139,10 +138,16 @@ def explain(
 
     side = _stored_side(checkpoint, prototype)  # before minutes of optimisation: the panes need the stored side
     on_step = None if preview is None else _previewer(checkpoint, prototype, profile, side, preview)
+    def waiting(ahead: int) -> None:
+        if progress is not None:
+            progress(0.0, f"Waiting for the explainer: {ahead} explanation{'s' if ahead != 1 else ''} ahead of this "
+                          "one (they run one at a time, each on all cores)")
+
     try:
-        pair = explain_pair(checkpoint, x[0], prototype, cfg, profile, progress=report, cancel=cancel,
-                            compute_missing=False, on_step=on_step, side=side)
-    except mdm.MDMCancelled:
+        with EXPLAINER.turn(waiting, cancel):
+            pair = explain_pair(checkpoint, x[0], prototype, cfg, profile, progress=report, cancel=cancel,
+                                compute_missing=False, on_step=on_step, side=side)
+    except (mdm.MDMCancelled, Cancelled):
         raise ReviewError("The explanation was cancelled.") from None
     except ValueError as exc:
         raise ReviewError(f"This checkpoint cannot be explained: {exc}.") from None
@@ -171,7 +176,7 @@ def _previewer(checkpoint: Checkpoint, prototype: int, profile: str, side, previ
     from dprotonet_core.explain import mdm
 
     size = int(checkpoint.model.config.input_size)
-    method = mdm.method_label(mdm.profile(profile), profile)
+    method = mdm.method_label(mdm.runnable(mdm.profile(profile), checkpoint.model.prototypes.device), profile)
     last = [float("-inf")]
 
     def on_step(step: int, total: int, vectors: list[torch.Tensor]) -> None:
