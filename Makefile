@@ -45,7 +45,7 @@ checkpoints: install
 	$(PY) -m dprotonet_core make-demo --out assets/checkpoints --palm $(PALM_DATA) --rsna-data $(RSNA_DATA) \
 		--kermany $(SHARED_DATA)/kermany-chest-224
 	$(EVAL) --limit 40 --checkpoint assets/checkpoints/rsna-pneumonia --dataset rsna --data $(RSNA_DATA) \
-		--methods mdm-fast gradcam gradcam++ scorecam ablationcam --out runs/eval-rsna
+		--methods mdm-standard gradcam gradcam++ scorecam ablationcam --out runs/eval-rsna
 	$(EVAL) --limit 4 --checkpoint assets/checkpoints/ichallenge-pm --dataset ichallenge-pm --data $(PALM_DATA) \
 		--out runs/eval-palm
 

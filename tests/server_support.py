@@ -76,7 +76,7 @@ LAUNCHER = (
     "import dataclasses, sys\n"
     "from dprotonet_core.explain import mdm\n"
     "n = int(sys.argv.pop(1))\n"
-    "for name in ('fast', 'paper'):\n"
+    "for name in list(mdm.MDM_PROFILES):\n"
     "    mdm.MDM_PROFILES[name] = dataclasses.replace(mdm.MDM_PROFILES[name], iterations=n)\n"
     "from streamlit.web.cli import main\n"
     "sys.argv[0] = 'streamlit'\n"

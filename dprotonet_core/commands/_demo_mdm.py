@@ -32,8 +32,10 @@ def prototype_side(ckpt, profile: str) -> tuple[list[torch.Tensor], float]:
 def prototype_mdm_record(profile: str, seconds: float) -> dict:
     """What the card says about its stored prototype-side masks."""
     from dprotonet_core.explain.mdm import profile as mdm_profile
+    from dprotonet_core.explain.mdm import runnable
 
-    return {"profile": profile, "seconds": round(seconds, 1), "mdm_config": dataclasses.asdict(mdm_profile(profile)),
+    return {"profile": profile, "seconds": round(seconds, 1),
+            "mdm_config": dataclasses.asdict(runnable(mdm_profile(profile))),  # the arithmetic that ran
             "machine": machine_info()}
 
 
@@ -58,7 +60,7 @@ def sample_inputs(samples: Path) -> list[tuple[Path, str]]:
 
 
 def store_sample_explanations(
-    samples: Path, checkpoints: Path, profiles: Sequence[str] = ("paper", "fast")
+    samples: Path, checkpoints: Path, profiles: Sequence[str] = ("standard", "paper", "fast")
 ) -> list[dict]:
     """Run the query-side MDM (each profile named) on each bundled sample for the prototype the app explains
     first, exactly as the app prepares the image (default DICOM window); store them under samples/explanations.
@@ -83,7 +85,7 @@ def store_sample_explanations(
         x = review.default_model_input(ck, path.read_bytes())
         prototype = review.default_prototype(review.predict(ck, x))
         for profile in profiles:
-            cfg = mdm.profile(profile)
+            cfg = mdm.runnable(mdm.profile(profile))  # the arithmetic that runs is the one recorded
             needed.add(store.path_for(out, x[0], sha, prototype, profile, cfg).name)
             row = {"sample": path.name, "checkpoint": name, "prototype": prototype, "profile": profile}
             if store.load(out, x[0], sha, prototype, profile, cfg) is not None:

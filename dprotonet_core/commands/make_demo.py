@@ -35,6 +35,7 @@ from dprotonet_core.commands._demo_mdm import (
     refresh_prototype_side,
     store_sample_explanations,
 )
+from dprotonet_core.config import DEFAULT_MDM_PROFILE
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 PALM_CREDIT = (
@@ -97,8 +98,9 @@ def register(subparsers) -> None:
     p.add_argument("--backbone", help="override the backbone of both plans (smoke runs)")
     p.add_argument("--input-size", type=int, help="override the input size of both plans (smoke runs)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--mdm-profile", default="fast", help="MDM profile for the stored prototype side")
-    p.add_argument("--sample-profiles", nargs="+", default=["paper", "fast"],
+    p.add_argument("--mdm-profile", default=DEFAULT_MDM_PROFILE,
+                   help="MDM profile for the stored prototype side (default: the app's default profile)")
+    p.add_argument("--sample-profiles", nargs="+", default=[DEFAULT_MDM_PROFILE, "paper", "fast"],
                    help="MDM profiles of the samples' stored explanations")
     p.set_defaults(func=run)
 

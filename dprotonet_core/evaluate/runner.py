@@ -29,7 +29,7 @@ from dprotonet_core.checkpoint import load_checkpoint
 from dprotonet_core.config import EvalConfig, OverlayConfig, to_dict
 from dprotonet_core.data.registry import spec_or_fallback
 from dprotonet_core.evaluate import metrics as M
-from dprotonet_core.evaluate.cams import check_methods, compute_cam
+from dprotonet_core.evaluate.cams import DEFAULT_METHODS, check_methods, compute_cam
 from dprotonet_core.evaluate.data import EvalData, load_eval_data
 from dprotonet_core.evaluate.held_out import figures_by_view
 from dprotonet_core.evaluate.report import write_reports
@@ -205,8 +205,7 @@ class EvalRequest:
     data: str
     out: str
     dataset: str = "folder"
-    methods: list[str] = field(default_factory=lambda: ["mdm-paper", "mdm-fast", "gradcam", "gradcam++",
-                                                        "scorecam", "ablationcam"])
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     limit: int = EvalConfig.cam_limit
     split: str = "val"
     attach: bool = False

@@ -99,6 +99,7 @@ def explain_pair(checkpoint, x: torch.Tensor, prototype: int | None = None, cfg:
     """Explain query x (3, S, S) in [0, 1] against prototype `prototype` (default: p_t of eq. 12): the query side
     computed now with `cfg` (`on_step` sees its vectors after every step), the prototype side stored or computed
     (`prototype_side`), or `side` when the caller has read it already for that prototype."""
+    cfg = mdm.runnable(cfg, x.device)  # the arithmetic that will run is the one the labels name
     explained = mdm.explain_query(checkpoint.model, x, prototype, cfg, progress, cancel, on_step)
     node, method = explained.node, mdm.method_label(cfg, profile_name)
     if not checkpoint.prototypes and compute_missing:  # a bare model: the query image stands in for x^pt

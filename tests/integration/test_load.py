@@ -156,7 +156,7 @@ def test_eight_concurrent_sessions_each_get_their_own_correct_result(server, mod
 
     from dprotonet_core.explain import mdm
 
-    for name in ("fast", "paper"):
+    for name in list(mdm.MDM_PROFILES):
         monkeypatch.setitem(mdm.MDM_PROFILES, name, replace(mdm.profile(name), iterations=MDM_TEST_ITERATIONS))
 
     url, process, log = server
