@@ -1,12 +1,12 @@
 """Seconds from the prediction to the first heatmap and to the finished explanation, in Chromium, on the bundled
-checkpoints, as a user uploads: `python -m bench.first_heatmap [--profiles fast paper]`.
+checkpoints, as a user uploads: `python -m bench.first_heatmap [--profiles standard paper]`.
 
-A real `streamlit run` on loopback (the server's default: 1 torch thread per request), Debian's Chromium through
-Playwright. For each image and MDM profile a fresh page uploads the file and the script times, from the moment
-"Prediction:" is on the page, (1) the first refining heatmap (both panes drawn, "Refining in place") and (2) the
-finished panes ("Download report"). Images: the shared chest CR DICOM (1024 x 1024) and a PALM photograph of the
-shared set (224 px) upscaled to 2124 x 2056, the size of the PALM originals, as a stand-in for a full-resolution
-fundus photograph (none is on this machine).
+A real `streamlit run` on loopback (the server's default: every core for the one explanation running),
+Debian's Chromium through Playwright. For each image and MDM profile a fresh page uploads the file and the script
+times, from the moment "Prediction:" is on the page, (1) the first refining heatmap (both panes drawn, "Refining
+in place") and (2) the finished panes ("Download report"). Images: the shared chest CR DICOM (1024 x 1024) and a
+PALM photograph of the shared set (224 px) upscaled to 2124 x 2056, the size of the PALM originals, as a stand-in
+for a full-resolution fundus photograph (none is on this machine).
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from pathlib import Path
 from PIL import Image
 
 from bench.common import machine_info
+from dprotonet_core.config import DEFAULT_MDM_PROFILE, MDM_PROFILES
+from dprotonet_core.review.settings import MDM_PROFILES as PROFILE_LABELS
+from dprotonet_core.review.settings import usable_cores
 from tests.conftest import PALM_DIR, REAL_DICOM
 from tests.server_support import CHROMIUM, CHROMIUM_ARGS, streamlit_server
-
-PROFILE_LABELS = {"paper": "Paper protocol (800 steps)", "fast": "Fast (100 steps)"}
 
 
 def _full_size_fundus(folder: Path) -> Path:
@@ -49,8 +50,8 @@ def measure(browser, url: str, path: Path, profile: str, timeout_s: float) -> tu
     page.get_by_text("Upload an image").first.wait_for()
     page.locator("input[type=file]").first.set_input_files(str(path))
     page.get_by_text("Prediction:").first.wait_for()
-    steps = {"paper": 800, "fast": 100}[profile]
-    if profile != "paper":
+    steps = MDM_PROFILES[profile].iterations
+    if profile != DEFAULT_MDM_PROFILE:
         _pick_profile(page, profile)
     start = time.perf_counter()
     page.get_by_text(f"of {steps}. ").first.wait_for()  # the refining caption of this profile's run
@@ -64,12 +65,13 @@ def measure(browser, url: str, path: Path, profile: str, timeout_s: float) -> tu
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profiles", nargs="+", default=["fast", "paper"], choices=sorted(PROFILE_LABELS))
+    parser.add_argument("--profiles", nargs="+", default=[DEFAULT_MDM_PROFILE, "paper"], choices=sorted(PROFILE_LABELS))
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
-    print(machine_info(), "; server: 1 torch thread per request (DPROTONET_TORCH_THREADS default)")
+    print(machine_info(), f"; server: {usable_cores()} torch threads (DPROTONET_TORCH_THREADS default: every core), "
+          "explanations one at a time")
     print("| image | profile | first heatmap s | finished s |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,12 +6,13 @@ predicts and runs MDM for 8 sessions at the same time. Every session must then s
 equal to a single-session run of the same image computed here with the facade (dprotonet_core.review): the
 prediction line, the query pane's heatmap image (byte for byte), the notes under the panes, and the JSON
 report (its image sha256 is that session's own file). No session errors, and the server is still healthy
-afterwards. Printed: wall time from the first upload to the last complete result, and the server's peak RSS.
+afterwards. Printed: wall time from the first upload to the last complete result, when each session's result was
+seen (explanations run one at a time, first come first served: none starves), and the server's peak RSS.
 
 Bounded: 127.0.0.1 only, 8 sessions, one upload and one report download each, every wait has a timeout.
 
 Speed (CI on 2 shared cores): the server is the real `streamlit run` CLI, started through a short launcher
-that first cuts both MDM profiles (the app's default paper protocol and the fast profile) to
+that first cuts every MDM profile (the app's default standard profile among them) to
 MDM_TEST_ITERATIONS iterations; DPROTONET_BUNDLED=0 hides the bundled demo checkpoints so every session starts on
 the tiny test checkpoint; the single-session reference uses the same profiles. What is tested is that sessions
 stay apart under concurrency, not the heatmap's quality.
@@ -185,6 +186,7 @@ def test_eight_concurrent_sessions_each_get_their_own_correct_result(server, mod
             rss_before_kb = _status_kb(process.pid, "VmRSS")
 
             start, cpu0 = time.perf_counter(), _cpu_s(process.pid)
+            done_by: list[float] = []  # seconds from the first upload until each session's result was seen
             for page, path in zip(pages, images):  # all 8 uploads go out before any result is awaited
                 page.locator("input[type=file]").first.set_input_files(str(path))
             for i, page in enumerate(pages):
@@ -193,6 +195,7 @@ def test_eight_concurrent_sessions_each_get_their_own_correct_result(server, mod
                     # finished, not a refining preview: the report buttons come with the final panes only
                     page.get_by_role("button", name="Download report (JSON)").wait_for()
                     _pane_images(page, wait=True)
+                    done_by.append(time.perf_counter() - start)
                 except Exception:
                     ARTIFACTS.mkdir(parents=True, exist_ok=True)
                     page.screenshot(path=str(ARTIFACTS / f"load-session-{i}.png"), full_page=True)
@@ -236,7 +239,9 @@ def test_eight_concurrent_sessions_each_get_their_own_correct_result(server, mod
         f"\nload test: {SESSIONS} concurrent sessions, wall time {wall_s:.1f} s (first upload to last result; "
         f"server CPU {server_cpu_s:.1f} s, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs), "
         f"server RSS {(rss_before_kb or 0) / 1024:.0f} MB before the uploads, peak (VmHWM) "
-        f"{(peak_kb or 0) / 1024:.0f} MB; healthy after: {healthy_after}; problems: {len(problems)}"
+        f"{(peak_kb or 0) / 1024:.0f} MB; healthy after: {healthy_after}; problems: {len(problems)}; "
+        f"each session's result seen by (s, in upload order; explanations queue first come first served): "
+        f"{', '.join(f'{t:.1f}' for t in done_by)}"
     )
     assert healthy_after, "the server is down after the load:\n" + log.read_text()[-3000:]
     assert not problems, "\n".join(problems)
