@@ -40,6 +40,14 @@ class ExplanationQueue:
             self._serving += 1
         self._cond.notify_all()
 
+    def _leave(self, ticket: int) -> None:
+        """A request gives up before or at its turn: the turn passes on, or the ticket will be skipped."""
+        with self._cond:
+            if self._serving == ticket:
+                self._advance()
+            else:
+                self._abandoned.add(ticket)
+
     def ahead(self, ticket: int) -> int:
         with self._cond:
             return ticket - self._serving - sum(1 for t in self._abandoned if self._serving < t < ticket)
@@ -55,22 +63,21 @@ class ExplanationQueue:
         with self._cond:
             ticket = self._next
             self._next += 1
-        while True:
-            with self._cond:
-                if self._serving == ticket:
-                    break
-                self._cond.wait(self.poll_s)
-                if self._serving == ticket:
-                    break
-            if cancel is not None and cancel():
+        try:
+            while True:
                 with self._cond:
                     if self._serving == ticket:
-                        self._advance()
-                    else:
-                        self._abandoned.add(ticket)
-                raise Cancelled("cancelled while waiting for its turn")
-            if waiting is not None:
-                waiting(self.ahead(ticket))
+                        break
+                    self._cond.wait(self.poll_s)
+                    if self._serving == ticket:
+                        break
+                if cancel is not None and cancel():
+                    raise Cancelled("cancelled while waiting for its turn")
+                if waiting is not None:
+                    waiting(self.ahead(ticket))  # may raise too (Streamlit stops a run from its progress callback)
+        except BaseException:
+            self._leave(ticket)
+            raise
         try:
             yield ticket
         finally:

@@ -92,6 +92,34 @@ def test_a_waiting_request_is_told_how_many_are_ahead_and_can_be_cancelled():
     assert len(queue) == 0
 
 
+def test_a_run_stopped_from_its_waiting_callback_gives_up_its_ticket():
+    """Streamlit stops a script run by raising from a progress callback: the queue must not wait for it forever."""
+    queue = ExplanationQueue(poll_s=0.01)
+    release, held = threading.Event(), threading.Event()
+
+    class Stop(BaseException):
+        pass
+
+    def first() -> None:
+        with queue.turn():
+            held.set()
+            release.wait(10)
+
+    def stop(_ahead: int) -> None:
+        raise Stop
+
+    a = threading.Thread(target=first)
+    a.start()
+    held.wait(10)
+    with pytest.raises(Stop), queue.turn(waiting=stop):
+        pass
+    release.set()
+    a.join(10)
+    assert len(queue) == 0
+    with queue.turn() as ticket:
+        assert ticket == 2
+
+
 def test_an_error_inside_the_turn_passes_it_on():
     queue = ExplanationQueue()
     with pytest.raises(RuntimeError), queue.turn():
