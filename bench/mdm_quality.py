@@ -23,12 +23,15 @@ Every image's line is appended to --jsonl as it completes, so a cut run keeps it
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from bench.common import machine_info
 from bench.mdm_convergence import summed_loss
@@ -41,19 +44,36 @@ REFERENCE_STEPS = REFERENCE_MDM.iterations
 BAR = {"r": 0.95, "iou": 0.80}
 
 
+def _tail(k: int) -> MDMConfig:
+    return dataclasses.replace(long_path(k, "bf16"), lr_schedule="tail")
+
+
 VARIANTS: dict[str, MDMConfig] = {
     "1600-path 2x, bf16 (800 steps)": long_path(2, "bf16"),
     "1600-path 4x, bf16 (400 steps)": long_path(4, "bf16"),
+    "1600-path 4x + lr tail, bf16 (400 steps)": _tail(4),
     "1600-path 8x, bf16 (200 steps)": long_path(8, "bf16"),
+    "1600-path 8x + lr tail, bf16 (200 steps)": _tail(8),
+    "1600-path 16x + lr tail, bf16 (100 steps)": _tail(16),
     "1600-path 4x, fp32 (400 steps)": long_path(4, "fp32"),
 }
-FP32_CHECK_IMAGES = 3  # the fp32 twin of the 4x variant runs on the first images only (it isolates bf16's effect)
+DEFAULT_VARIANTS = ("1600-path 4x, bf16 (400 steps)", "1600-path 4x + lr tail, bf16 (400 steps)",
+                    "1600-path 8x + lr tail, bf16 (200 steps)", "1600-path 16x + lr tail, bf16 (100 steps)",
+                    "1600-path 4x, fp32 (400 steps)")
+FP32_CHECK_IMAGES = 3  # fp32 twins run on the first images only (they isolate bf16's effect)
 
 
-def run_image(model, x: torch.Tensor, index: int) -> dict:
-    node = mdm.detection_node(model, x)
-    with torch.no_grad():
-        target = model.feature_vectors(x[None], node.mask_index)[0]
+def reference(model, x: torch.Tensor, node, target: torch.Tensor, path: Path | None):
+    """The 1,600-step reference and its step-800 snapshot (the paper protocol): (vectors, seconds) of each, read
+    from `path` when an earlier run stored them for the same detection node, else computed (and stored)."""
+    names = [f"d{i}" for i in range(REFERENCE_MDM.num_vectors)]
+    if path is not None and path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            if meta.get("mask_index") == str(node.mask_index) and meta.get("prototype") == str(node.prototype):
+                ref = [f.get_tensor("ref_" + n) for n in names]
+                paper = [f.get_tensor("paper_" + n) for n in names]
+                return (ref, float(meta["ref_seconds"])), (paper, float(meta["paper_seconds"]))
     snapshot: dict = {}
     t0 = time.perf_counter()
 
@@ -62,20 +82,35 @@ def run_image(model, x: torch.Tensor, index: int) -> dict:
             snapshot["vectors"] = [v.detach()[0].clone() for v in vectors]  # (1, a, a): one image
             snapshot["seconds"] = time.perf_counter() - t0
 
-    ref_cfg = REFERENCE_MDM
-    ref = mdm.optimise_mask_vectors(model, x, node.mask_index, target, ref_cfg, on_step=keep_800)
+    res = mdm.optimise_mask_vectors(model, x, node.mask_index, target, REFERENCE_MDM, on_step=keep_800)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {**{"ref_" + n: v.contiguous() for n, v in zip(names, res.vectors)},
+                   **{"paper_" + n: v.contiguous() for n, v in zip(names, snapshot["vectors"])}}
+        save_file(tensors, str(path), metadata={"mask_index": str(node.mask_index), "prototype": str(node.prototype),
+                                                "ref_seconds": f"{res.seconds:.2f}",
+                                                "paper_seconds": f"{snapshot['seconds']:.2f}"})
+    return (res.vectors, res.seconds), (snapshot["vectors"], snapshot["seconds"])
+
+
+def run_image(model, x: torch.Tensor, index: int, variants: list[str], store: Path | None) -> dict:
+    node = mdm.detection_node(model, x)
+    with torch.no_grad():
+        target = model.feature_vectors(x[None], node.mask_index)[0]
     size = tuple(x.shape[-2:])
-    rows = {"reference (1600 steps, fp32)": (ref.vectors, ref.stack, ref.seconds),
-            "paper protocol (800 steps, fp32)": (snapshot["vectors"], mdm.mask_stack(snapshot["vectors"], size),
-                                                 snapshot["seconds"])}
-    for name, cfg in VARIANTS.items():
+    (ref_vectors, ref_seconds), (paper_vectors, paper_seconds) = reference(
+        model, x, node, target, None if store is None else store / f"reference-{index}.safetensors")
+    ref_stack = mdm.mask_stack(ref_vectors, size)
+    rows = {f"reference ({REFERENCE_STEPS} steps, fp32)": (ref_vectors, ref_stack, ref_seconds),
+            "paper protocol (800 steps, fp32)": (paper_vectors, mdm.mask_stack(paper_vectors, size), paper_seconds)}
+    for name in variants:
         if "fp32" in name and index >= FP32_CHECK_IMAGES:
             continue
-        res = mdm.optimise_mask_vectors(model, x, node.mask_index, target, cfg)
+        res = mdm.optimise_mask_vectors(model, x, node.mask_index, target, VARIANTS[name])
         rows[name] = (res.vectors, res.stack, res.seconds)
     out = {"image": index, "prototype": node.prototype, "mask_index": node.mask_index, "variants": {}}
     for name, (vectors, stack, seconds) in rows.items():
-        r, iou = mask_agreement(ref.stack, stack)
+        r, iou = mask_agreement(ref_stack, stack)
         out["variants"][name] = {"seconds": round(seconds, 2), "r": round(r, 4), "iou": round(iou, 4),
                                  "objective": round(summed_loss(model, x, node.mask_index, target, PAPER_MDM,
                                                                 vectors), 4)}
@@ -129,6 +164,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=12)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--jsonl", type=Path, default=None)
+    ap.add_argument("--store", type=Path, default=None,
+                    help="folder for the references' vectors: a later run with other --variants reuses them")
+    ap.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--summarise", type=Path, nargs="+", default=None, help="print the table from JSONL files")
     args = ap.parse_args()
     if args.summarise:
@@ -147,7 +185,7 @@ def main() -> None:
         args.jsonl.write_text(f"# {header}; {what}\n")
     records = []
     for n, x in enumerate(images):
-        rec = run_image(model, x, n)
+        rec = run_image(model, x, n, args.variants, args.store)
         records.append(rec)
         print(json.dumps(rec), flush=True)
         if args.jsonl is not None:

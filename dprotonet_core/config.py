@@ -132,9 +132,11 @@ class MDMConfig:
     lr: float = 1e-2
     # Adam's decay rates of its two moment estimates (torch's defaults, used by the paper protocol).
     betas: tuple[float, float] = (0.9, 0.999)
-    # "constant" (paper: none given) | "cosine" (decays lr to lr_min over `iterations`).
+    # "constant" (paper: none given) | "cosine" (decays lr to lr_min over `iterations`) | "tail" (constant, then
+    # a cosine decay to lr_min over the last `lr_tail` fraction of the steps, so the run settles where it arrived).
     lr_schedule: str = "constant"
     lr_min: float = 0.0
+    lr_tail: float = 0.25
     # How g(d_i) x fades: "black" (the paper's g(d_i) x) | "mean" (per-channel image mean) |
     # "blur" (Gaussian blur of x, sigma `blur_sigma` px); masked = g x + (1 - g) baseline.
     baseline: str = "black"

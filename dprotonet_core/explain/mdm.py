@@ -342,7 +342,13 @@ def _learning_rate(cfg: MDMConfig, step: int) -> float:
     if cfg.lr_schedule == "cosine":
         t = step / max(1, cfg.iterations - 1)
         return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
-    raise ValueError(f"unknown lr schedule {cfg.lr_schedule!r}; choose constant or cosine")
+    if cfg.lr_schedule == "tail":
+        start = cfg.iterations * (1.0 - cfg.lr_tail)  # constant until here, then a cosine down to lr_min at the end
+        if step < start:
+            return cfg.lr
+        t = (step - start) / max(1.0, cfg.iterations - 1 - start)
+        return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, t)))
+    raise ValueError(f"unknown lr schedule {cfg.lr_schedule!r}; choose constant, cosine or tail")
 
 
 def _optimise_group(
