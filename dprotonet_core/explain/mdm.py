@@ -86,8 +86,10 @@ def loss_label(cfg: MDMConfig) -> str:
 def method_label(cfg: MDMConfig, name: str | None = None) -> str:
     """'<profile>: <optimiser> <steps> steps, <loss>': what produced a mask stack."""
     head = f"{name} profile: " if name else ""
+    schedule = {"constant": "", "cosine": ", cosine lr decay",
+                "tail": f", lr decayed over the last {cfg.lr_tail:.0%} of steps"}.get(cfg.lr_schedule, "")
     arithmetic = ", network in bf16" if cfg.precision == "bf16" else ""
-    return f"{head}{cfg.optimizer.capitalize()} {cfg.iterations} steps{arithmetic}, {loss_label(cfg)}"
+    return f"{head}{cfg.optimizer.capitalize()} {cfg.iterations} steps{schedule}{arithmetic}, {loss_label(cfg)}"
 
 
 def profile(name: str) -> MDMConfig:

@@ -356,3 +356,18 @@ def test_frozen_leaves_a_channels_last_model_as_it_is_and_restores_one_it_conver
         assert mdm.is_channels_last(tiny_model)  # the app's shared model keeps its layout
     finally:
         tiny_model.to(memory_format=torch.contiguous_format)
+
+
+def test_tail_schedule_is_constant_then_a_cosine_to_lr_min_and_the_label_says_so():
+    cfg = dataclasses.replace(PAPER_MDM, iterations=9, lr=0.04, lr_schedule="tail", lr_tail=0.5)
+    lrs = [mdm._learning_rate(cfg, step) for step in range(9)]
+    # constant for steps 0..4 (start 4.5), then 0.5 * 0.04 * (1 + cos(pi * t)), t = (step - 4.5) / 3.5
+    assert lrs[:5] == [0.04] * 5
+    for step in (5, 6, 7, 8):
+        t = (step - 4.5) / 3.5
+        assert lrs[step] == pytest.approx(0.02 * (1 + np.cos(np.pi * t)))
+    assert lrs[8] == pytest.approx(0.0, abs=1e-12)
+    assert "lr decayed over the last 50% of steps" in mdm.method_label(cfg)
+    assert "decayed" not in mdm.method_label(PAPER_MDM)
+    with pytest.raises(ValueError):
+        mdm._learning_rate(dataclasses.replace(cfg, lr_schedule="step"), 0)
