@@ -123,7 +123,9 @@ def explain(
     `progress(fraction, text)` is called as iterations run; `cancel()` returning True stops the run
     (ReviewError). The run stops at `time_limit_s` and the result says so. `preview(explanation, step, total)`
     gets the explanation as it stands after the first step and then at most every PREVIEW_EVERY_S seconds
-    (its query method says "refining: step k of n"), so a page can show the heatmap while it refines."""
+    (its query method says "refining: step k of n"), so a page can show the heatmap while it refines. Explanations
+    of all sessions run one at a time, first come first served (review/queue.py); a waiting one reports its place
+    through `progress` and can be cancelled."""
     from dprotonet_core.explain import mdm
 
     if profile not in MDM_PROFILES:
@@ -138,7 +140,8 @@ def explain(
 
     side = _stored_side(checkpoint, prototype)  # before minutes of optimisation: the panes need the stored side
     on_step = None if preview is None else _previewer(checkpoint, prototype, profile, side, preview)
-    def waiting(ahead: int) -> None:
+
+    def waiting(ahead: int) -> None:  # another explanation is running: this one waits its turn (review/queue.py)
         if progress is not None:
             progress(0.0, f"Waiting for the explainer: {ahead} explanation{'s' if ahead != 1 else ''} ahead of this "
                           "one (they run one at a time, each on all cores)")
