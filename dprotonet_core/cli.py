@@ -12,7 +12,7 @@ import importlib
 import sys
 
 COMMANDS = ("train", "project", "predict", "explain", "evaluate", "make_synthetic_rsna", "make_demo",
-            "pretrain_backbone")
+            "pretrain_backbone", "cross_validate")
 
 
 def build_parser() -> argparse.ArgumentParser:

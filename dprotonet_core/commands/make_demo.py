@@ -105,16 +105,35 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def plan_configs(plan: DemoPlan, classes, train_labels):
+    """The model, training and loss configs and the training augmentation a plan trains with (make-demo and
+    cross-validate alike); class weights, when the plan asks for them, from `train_labels`."""
+    from dprotonet_core.commands._data import augmentation
+    from dprotonet_core.config import LossConfig, ModelConfig, TrainConfig
+    from dprotonet_core.train.pretrain import class_weights
+
+    model_cfg = ModelConfig(backbone=plan.backbone, input_size=plan.input_size, num_classes=len(classes))
+    rates = {}
+    if plan.lr_backbone is not None:
+        rates = {"lr_backbone": plan.lr_backbone, "lr_backbone_scratch": plan.lr_backbone}
+    train_cfg = TrainConfig(epochs=plan.epochs, batch_size=plan.batch_size, seed=plan.seed,
+                            projection_views=plan.views, val_fraction=plan.val_fraction, num_workers=1,
+                            select_on=plan.select_on, distinct_sources=plan.distinct_sources, **rates)
+    weights = None
+    if plan.class_weights == "balanced":
+        weights = tuple(round(float(w), 4) for w in class_weights(list(train_labels), len(classes)))
+    return model_cfg, train_cfg, LossConfig(class_weights=weights), augmentation(plan.dataset, plan.input_size,
+                                                                                 plan.seed)
+
+
 def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads: int, profile: str) -> dict:
     """Train, measure and write one demo checkpoint; returns its card."""
     from dprotonet_core.checkpoint import load_checkpoint, save_checkpoint
-    from dprotonet_core.commands._data import augmentation
-    from dprotonet_core.config import LossConfig, ModelConfig, TrainConfig
     from dprotonet_core.data.registry import load_dataset
     from dprotonet_core.evaluate.held_out import held_out_metrics, projection_comparison
     from dprotonet_core.evaluate.metrics import choose_threshold
     from dprotonet_core.train.loop import TrainOptions, train
-    from dprotonet_core.train.pretrain import class_weights, predict_scores
+    from dprotonet_core.train.pretrain import predict_scores
 
     torch.set_num_threads(threads)
     t_start = time.perf_counter()
@@ -128,22 +147,12 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
     for dataset in (train_ds, val_ds, test_ds):  # decode once here: DataLoader workers fork with the cache filled
         for i in range(len(dataset)):
             dataset[i]
-    model_cfg = ModelConfig(backbone=plan.backbone, input_size=plan.input_size, num_classes=len(train_ds.classes))
-    rates = {}
-    if plan.lr_backbone is not None:
-        rates = {"lr_backbone": plan.lr_backbone, "lr_backbone_scratch": plan.lr_backbone}
-    train_cfg = TrainConfig(epochs=plan.epochs, batch_size=plan.batch_size, seed=plan.seed,
-                            projection_views=plan.views, val_fraction=plan.val_fraction, num_workers=1,
-                            select_on=plan.select_on, distinct_sources=plan.distinct_sources, **rates)
-    weights = None
-    if plan.class_weights == "balanced":
-        weights = tuple(round(float(w), 4) for w in class_weights(train_ds.labels, len(train_ds.classes)))
-    augment = augmentation(plan.dataset, plan.input_size, plan.seed)
+    model_cfg, train_cfg, loss_cfg, augment = plan_configs(plan, train_ds.classes, train_ds.labels)
+    weights = loss_cfg.class_weights
     options = TrainOptions(classes=train_ds.classes, augment=augment, threads=threads, dtype="float16",
                            baseline=plan.baseline, card=card_extra, backbone_weights=plan.backbone_weights,
                            command_line="python -m dprotonet_core " + shlex.join(sys.argv[1:]))
-    result = train(train_ds, out, model_cfg, train_cfg, LossConfig(class_weights=weights), options,
-                   val_dataset=val_ds)
+    result = train(train_ds, out, model_cfg, train_cfg, loss_cfg, options, val_dataset=val_ds)
 
     ckpt = load_checkpoint(out)
     card = dict(ckpt.card)

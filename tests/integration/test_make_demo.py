@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from dprotonet_core.checkpoint import load_checkpoint
@@ -119,3 +120,29 @@ def test_rsna_plan_on_tiny_real_layout(tmp_path):
     assert positives and all(s.boxes for s in positives)
     x, y, w, h = positives[0].boxes[0]
     assert (x, y, w, h) == (8.0, 10.0, 16.0, 20.0)  # 170/1024*48, ... in the 48 px file's own frame
+
+
+def test_cross_validate_trains_dprotonet_and_its_backbone_on_the_same_folds(tmp_path, capsys):
+    """`cross-validate` on tiny PALM-named images: K folds stratified by file letter, both models measured on each
+    fold none of them trained on, the summary's mean over the stored folds; a second run keeps stored folds."""
+    from dprotonet_core.cli import main
+
+    data = tmp_path / "palm"
+    _palm_like(data, per_class=10)
+    out = tmp_path / "cv"
+    argv = ["cross-validate", "--data", str(data), "--folds", "2", "--out", str(out), "--epochs", "2",
+            "--views", "2", "--backbone", "tiny_cnn", "--input-size", "32", "--threads", "1"]
+    assert main([*argv, "--only", "0"]) == 0
+    folds = json.loads((out / "folds.json").read_text())["folds"]
+    assert sorted(i for f in folds for i in f) == list(range(20))
+    first = json.loads((out / "fold-0" / "figures.json").read_text())
+    assert first["val_images"] == 10 and first["train_images"] == 10
+    for model in ("dprotonet", "baseline"):
+        assert 0.0 <= first[model]["accuracy"] <= 1.0 and first[model]["images"] == 10
+    assert first["baseline_by_epoch"] == {"1": first["baseline_by_epoch"]["1"], "2": first["baseline_by_epoch"]["2"]}
+    assert main(argv) == 0  # fold 0 is kept, fold 1 trains
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["folds_done"] == [0, 1] and summary["plan"]["epochs"] == 2
+    accs = [json.loads((out / f"fold-{k}" / "figures.json").read_text())["dprotonet"]["accuracy"] for k in (0, 1)]
+    assert summary["dprotonet"]["selected_in_fold"]["accuracy"]["mean"] == pytest.approx(sum(accs) / 2)
+    assert "dprotonet: accuracy" in capsys.readouterr().out

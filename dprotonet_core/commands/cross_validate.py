@@ -1,0 +1,100 @@
+"""`cross-validate`: K-fold cross-validation of a demo plan's recipe, DProtoNet and its backbone on the same folds.
+
+    python -m dprotonet_core cross-validate --plan ichallenge-pm --data ../shared/data/palm-training400-224 \\
+        --folds 5 --out runs/cv-palm [--only 0 1] [--epochs 40] [--threads 2]
+
+The folds cover every image of the data folder (for PALM: the 400 training photographs; nothing here is a test
+split), stratified by class and, for PALM, by the file's letter (P pathologic myopia, N normal, H high myopia).
+Each fold trains the plan's recipe (make-demo's DemoPlan, the same configs and augmentation) on the other folds
+and is measured on its own: train/cross_validation.py says what the figures mean. Folds already stored under
+--out are kept, so a 5-fold run can be split over sessions with --only; the summary covers the folds stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dprotonet_core.commands.make_demo import SHARED, DemoPlan, plan_configs
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("cross-validate", help="K-fold cross-validation of a demo plan's recipe")
+    p.add_argument("--plan", default="ichallenge-pm", choices=("ichallenge-pm",),
+                   help="the demo plan whose recipe is validated")
+    p.add_argument("--data", type=Path, default=SHARED / "palm-training400-224")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", type=int, nargs="+", help="train only these folds now (0-based)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--epochs", type=int, help="override the plan's epochs")
+    p.add_argument("--views", type=int, help="override R")
+    p.add_argument("--backbone", help="override the backbone (smoke runs)")
+    p.add_argument("--input-size", type=int, help="override the input size (smoke runs)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-baseline", action="store_true", help="DProtoNet only")
+    p.set_defaults(func=run)
+
+
+def palm_stratum(item_id: str) -> str:
+    """PALM's file names start with the group: P (pathologic myopia), N (normal), H (high myopia)."""
+    return item_id[:1].upper()
+
+
+def run(args: argparse.Namespace) -> int:
+    from dprotonet_core.data.registry import load_dataset
+    from dprotonet_core.evaluate.held_out import held_out_metrics
+    from dprotonet_core.train.cross_validation import FoldFigures, by_epoch, run_folds
+    from dprotonet_core.train.data import SubsetView
+    from dprotonet_core.train.loop import TrainOptions, train
+
+    torch.set_num_threads(args.threads)
+    overrides = {"epochs": args.epochs, "views": args.views, "backbone": args.backbone, "input_size": args.input_size}
+    plan = dataclasses.replace(DemoPlan(args.plan, args.plan), baseline=not args.no_baseline,
+                               **{k: v for k, v in overrides.items() if v is not None})
+    data = load_dataset(plan.dataset, args.data, "all", plan.input_size, transform=None)
+    for i in range(len(data)):  # decode once: every fold reads the same pixels
+        data[i]
+    keys = [f"{item.label}|{palm_stratum(item.id)}" for item in data.items]
+
+    def train_fold(fold: int, train_idx: list[int], val_idx: list[int], folder: Path) -> FoldFigures:
+        t0 = time.perf_counter()
+        train_view = SubsetView(data, train_idx, labels=data.labels, ids=data.ids)
+        val_view = SubsetView(data, val_idx, labels=data.labels, ids=data.ids)
+        model_cfg, train_cfg, loss_cfg, augment = plan_configs(plan, data.classes, train_view.labels)
+        options = TrainOptions(classes=data.classes, augment=augment, threads=args.threads, baseline=plan.baseline,
+                               progress=False, command_line=f"cross-validate fold {fold} of {args.folds}")
+        result = train(train_view, folder, model_cfg, train_cfg, loss_cfg, options, val_dataset=val_view)
+        from dprotonet_core.checkpoint import load_checkpoint
+
+        selected = held_out_metrics(load_checkpoint(folder).model, val_view)
+        selected["selected_epoch"] = result.selected.get("epoch")
+        baseline = None
+        if result.baseline_model is not None:
+            baseline = held_out_metrics(result.baseline_model.cpu(), val_view)
+        log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line]
+        figures = FoldFigures(fold=fold, train_images=len(train_idx), val_images=len(val_idx), dprotonet=selected,
+                              baseline=baseline, dprotonet_by_epoch=by_epoch(log),
+                              baseline_by_epoch=by_epoch(log, "baseline"), seconds=round(time.perf_counter() - t0, 1))
+        print(json.dumps({"fold": fold, "dprotonet_accuracy": selected.get("accuracy"),
+                          "baseline_accuracy": None if baseline is None else baseline.get("accuracy"),
+                          "seconds": figures.seconds}), flush=True)
+        return figures
+
+    summary = run_folds(len(data), keys, args.folds, args.seed, args.out, train_fold, args.only)
+    summary["plan"] = dataclasses.asdict(plan)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: summary[k] for k in ("folds_done", "k") if k in summary}), flush=True)
+    for model in ("dprotonet", "baseline"):
+        if model in summary:
+            acc = summary[model]["selected_in_fold"].get("accuracy")
+            if acc:
+                print(f"{model}: accuracy {acc['mean']:.4f} +- {acc['sd']:.4f} over {acc['n']} folds "
+                      f"(selected in each fold's run); best fixed epoch {summary[model]['best_fixed_epoch']}",
+                      flush=True)
+    return 0

@@ -1,0 +1,137 @@
+"""K-fold cross-validation of a training recipe: DProtoNet and its plain backbone (Table 3) on the same folds.
+
+A small training set (400 PALM photographs) gives a validation figure too coarse to choose a recipe by (80 images:
+one error is 1.25 points). Cross-validation trains K models, each validated on a fold none of them trained on,
+and reports the mean and spread of the K validation figures. Every model is selected inside its own fold's
+training run the way the shipped build selects (on its validation part), so the figure reported for the selected
+states is optimistic by that selection; the figure at a fixed epoch (the same for every fold, chosen by the mean
+over folds) is the recipe's. Test splits play no part: the folds cover the training images only.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+def stratified_folds(keys: Sequence, k: int, seed: int = 0) -> list[list[int]]:
+    """K disjoint folds covering every index: each key's indices, shuffled (numpy default_rng(seed)), are dealt
+    round-robin, continuing where the previous key stopped, so every fold gets each key's share to within one."""
+    if k < 2:
+        raise ValueError("cross-validation needs at least 2 folds")
+    if len(keys) < k:
+        raise ValueError(f"{len(keys)} items cannot fill {k} folds")
+    rng = np.random.default_rng(seed)
+    keys_arr = np.asarray([str(key) for key in keys])
+    folds: list[list[int]] = [[] for _ in range(k)]
+    position = 0
+    for key in sorted(set(keys_arr.tolist())):
+        idx = np.flatnonzero(keys_arr == key)
+        rng.shuffle(idx)
+        for i in idx.tolist():
+            folds[position % k].append(i)
+            position += 1
+    return [sorted(f) for f in folds]
+
+
+@dataclass(frozen=True)
+class FoldFigures:
+    """What one fold's run measured on that fold."""
+
+    fold: int
+    train_images: int
+    val_images: int
+    dprotonet: dict  # figures of the selected state on the fold (accuracy, sensitivity, ...), selected_epoch
+    baseline: dict | None  # the same for the backbone-only classifier (None when not trained)
+    dprotonet_by_epoch: dict[int, float]  # fold accuracy of every projected state, by epoch (the last per epoch)
+    baseline_by_epoch: dict[int, float]
+    seconds: float
+
+
+def by_epoch(history: Sequence[dict], phase: str | None = None) -> dict[int, float]:
+    """Validation accuracy per epoch from a training log: DProtoNet's projected states (phase None), or the
+    baseline's epochs (phase "baseline"); a later entry of the same epoch wins."""
+    out: dict[int, float] = {}
+    for entry in history:
+        if entry.get("val_accuracy") is None:
+            continue
+        if phase == "baseline" and entry.get("phase") == "baseline":
+            out[int(entry["epoch"])] = float(entry["val_accuracy"])
+        elif phase is None and entry.get("phase") != "baseline" and entry.get("projected"):
+            out[int(entry["epoch"])] = float(entry["val_accuracy"])
+    return out
+
+
+def mean_sd(values: Sequence[float]) -> dict:
+    """{"mean", "sd" (sample, n - 1), "min", "max", "n"} of a list of figures."""
+    values = [float(v) for v in values]
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarise(folds: Sequence[FoldFigures]) -> dict:
+    """Mean and spread over folds: of the selected states' figures, and of the accuracy at each epoch reached
+    by every fold (the best such epoch is the recipe's epoch count, by the mean over folds)."""
+    summary: dict = {"folds": len(folds)}
+    for model in ("dprotonet", "baseline"):
+        runs = [getattr(f, model) for f in folds if getattr(f, model)]
+        if not runs:
+            continue
+        selected = {name: mean_sd([r[name] for r in runs]) for name in ("accuracy", "sensitivity", "specificity")
+                    if all(r.get(name) is not None for r in runs)}
+        curves = [getattr(f, f"{model}_by_epoch") for f in folds]
+        common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        per_epoch = {epoch: mean_sd([c[epoch] for c in curves]) for epoch in common}
+        best = max(per_epoch, key=lambda e: (per_epoch[e]["mean"], e)) if per_epoch else None
+        summary[model] = {"selected_in_fold": selected, "accuracy_by_epoch": per_epoch, "best_fixed_epoch": best,
+                          "at_best_fixed_epoch": per_epoch.get(best)}
+    if "dprotonet" in summary and "baseline" in summary:
+        d = summary["dprotonet"]["selected_in_fold"].get("accuracy", {}).get("mean")
+        b = summary["baseline"]["selected_in_fold"].get("accuracy", {}).get("mean")
+        if d is not None and b is not None:
+            summary["dprotonet_minus_baseline_accuracy"] = d - b
+    return summary
+
+
+def run_folds(
+    n_items: int,
+    keys: Sequence,
+    k: int,
+    seed: int,
+    out: Path,
+    train_fold: Callable[[int, list[int], list[int], Path], FoldFigures],
+    only: Sequence[int] | None = None,
+) -> dict:
+    """Train fold after fold (`train_fold(fold, train_indices, val_indices, folder)`), each result kept as
+    out/fold-<k>/figures.json so a long cross-validation can be split over several runs (`only`: these folds
+    now; folds already stored are not retrained). Returns the summary over every stored fold."""
+    if len(keys) != n_items:
+        raise ValueError("one stratification key per item")
+    folds = stratified_folds(keys, k, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "folds.json").write_text(json.dumps({"k": k, "seed": seed, "folds": folds}))
+    for fold in range(k) if only is None else only:
+        path = out / f"fold-{fold}" / "figures.json"
+        if path.is_file():
+            continue
+        val = folds[fold]
+        train = sorted(i for f in range(k) if f != fold for i in folds[f])
+        figures = train_fold(fold, train, val, out / f"fold-{fold}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures.__dict__, indent=1))
+    stored = [load_figures(p) for p in sorted(out.glob("fold-*/figures.json"))]
+    summary = {**summarise(stored), "k": k, "seed": seed, "folds_done": [f.fold for f in stored]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def load_figures(path: Path) -> FoldFigures:
+    data = json.loads(Path(path).read_text())
+    for name in ("dprotonet_by_epoch", "baseline_by_epoch"):
+        data[name] = {int(e): float(a) for e, a in data[name].items()}
+    return FoldFigures(**data)

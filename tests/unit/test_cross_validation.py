@@ -1,0 +1,92 @@
+"""K-fold cross-validation (train/cross_validation.py): folds, per-epoch curves, mean and spread, resumable runs."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+
+import pytest
+
+from dprotonet_core.train.cross_validation import (
+    FoldFigures,
+    by_epoch,
+    mean_sd,
+    run_folds,
+    stratified_folds,
+    summarise,
+)
+
+
+def test_folds_are_disjoint_cover_everything_and_keep_each_keys_share():
+    keys = ["1|P"] * 213 + ["0|N"] * 140 + ["0|H"] * 47  # PALM's 400: P, N, H
+    folds = stratified_folds(keys, 5, seed=0)
+    assert len(folds) == 5
+    flat = [i for f in folds for i in f]
+    assert sorted(flat) == list(range(400))  # disjoint and covering
+    for key, total in Counter(keys).items():
+        shares = [sum(keys[i] == key for i in f) for f in folds]
+        assert max(shares) - min(shares) <= 1, (key, shares)
+        assert sum(shares) == total
+    assert max(len(f) for f in folds) - min(len(f) for f in folds) <= 1
+    assert stratified_folds(keys, 5, seed=0) == folds  # deterministic
+    assert stratified_folds(keys, 5, seed=1) != folds
+    with pytest.raises(ValueError):
+        stratified_folds(keys, 1)
+    with pytest.raises(ValueError):
+        stratified_folds(["a", "b"], 3)
+
+
+def test_by_epoch_reads_projected_states_and_baseline_epochs():
+    log = [
+        {"phase": "warm", "epoch": 1, "val_accuracy": 0.5, "projected": False},
+        {"phase": "push", "epoch": 10, "val_accuracy": 0.8, "projected": True},
+        {"phase": "last_layer", "epoch": 10, "val_accuracy": 0.85, "projected": True},  # later entry wins
+        {"phase": "joint", "epoch": 11, "val_accuracy": 0.9, "projected": True},
+        {"phase": "baseline", "epoch": 1, "val_accuracy": 0.6},
+        {"phase": "baseline", "epoch": 2, "val_accuracy": 0.7},
+    ]
+    assert by_epoch(log) == {10: 0.85, 11: 0.9}
+    assert by_epoch(log, "baseline") == {1: 0.6, 2: 0.7}
+
+
+def _fold(k, d_acc, b_acc, d_curve, b_curve):
+    return FoldFigures(fold=k, train_images=8, val_images=2,
+                       dprotonet={"accuracy": d_acc, "sensitivity": 1.0, "specificity": d_acc, "selected_epoch": 2},
+                       baseline={"accuracy": b_acc, "sensitivity": 0.5, "specificity": b_acc},
+                       dprotonet_by_epoch=d_curve, baseline_by_epoch=b_curve, seconds=1.0)
+
+
+def test_summary_is_mean_and_sample_sd_over_folds_and_the_best_common_epoch():
+    folds = [_fold(0, 0.9, 1.0, {1: 0.5, 2: 0.9}, {1: 0.7, 2: 1.0}),
+             _fold(1, 0.7, 0.8, {1: 0.6, 2: 0.7, 3: 0.99}, {1: 0.9, 2: 0.8})]
+    s = summarise(folds)
+    acc = s["dprotonet"]["selected_in_fold"]["accuracy"]
+    assert acc["mean"] == pytest.approx(0.8) and acc["sd"] == pytest.approx(statistics.stdev([0.9, 0.7]))
+    assert acc["min"] == 0.7 and acc["max"] == 0.9 and acc["n"] == 2
+    # epoch 3 is reached by one fold only: only epochs every fold reached count
+    assert set(s["dprotonet"]["accuracy_by_epoch"]) == {1, 2}
+    assert s["dprotonet"]["best_fixed_epoch"] == 2  # mean 0.8 against 0.55
+    assert s["baseline"]["best_fixed_epoch"] == 2  # 0.9 against 0.8
+    assert s["dprotonet_minus_baseline_accuracy"] == pytest.approx(0.8 - 0.9)
+    assert mean_sd([0.5])["sd"] == 0.0
+
+
+def test_run_folds_stores_each_fold_and_a_later_run_only_adds_missing_ones(tmp_path):
+    keys = [0, 1] * 10
+    calls = []
+
+    def train_fold(fold, train, val, folder):
+        calls.append(fold)
+        assert not set(train) & set(val) and len(train) + len(val) == 20
+        assert folder.name == f"fold-{fold}"
+        return _fold(fold, 0.5 + 0.1 * fold, 0.5, {1: 0.5}, {1: 0.5})
+
+    first = run_folds(20, keys, 4, 0, tmp_path, train_fold, only=[0, 2])
+    assert calls == [0, 2] and first["folds_done"] == [0, 2]
+    second = run_folds(20, keys, 4, 0, tmp_path, train_fold)  # 0 and 2 are stored: only 1 and 3 train
+    assert calls == [0, 2, 1, 3] and second["folds_done"] == [0, 1, 2, 3]
+    assert second["dprotonet"]["selected_in_fold"]["accuracy"]["mean"] == pytest.approx(0.65)
+    assert json.loads((tmp_path / "summary.json").read_text())["folds_done"] == [0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        run_folds(19, keys, 4, 0, tmp_path, train_fold)
