@@ -47,8 +47,12 @@ def input_digest(x: torch.Tensor) -> str:
 def settings_json(cfg: MDMConfig) -> str:
     """The result-relevant MDM settings, canonical JSON."""
     data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_RESULT}
-    if data.get("precision") == "fp32":  # float32 is what every file written before the field existed computed
+    # Fields added after files were written drop out at the value those files computed with: float32, and no
+    # tail length unless the schedule has a tail.
+    if data.get("precision") == "fp32":
         del data["precision"]
+    if data.get("lr_schedule") != "tail":
+        data.pop("lr_tail", None)
     return json.dumps(data, sort_keys=True)
 
 

@@ -81,10 +81,11 @@ COLORMAPS = ("jet", "turbo", "viridis", "inferno", "gray")
 
 
 # The default is "standard" (config.DEFAULT_MDM_PROFILE, first in the picker): the paper protocol's Adam path run
-# on to 1,600 steps, taken in 200 steps (the lr decayed over the last quarter) with the network in bf16; it meets the quality bar of bench.mdm_quality
-# against that 1,600-step reference (figures in config.py next to STANDARD_MDM). The paper protocol (800 steps)
-# is one click away. Every label names the steps and the loss actually minimised (the deletion-scaled distance,
-# a named deviation from eq. 13 as printed, which stays selectable as "printed").
+# on to 1,600 steps, taken in 200 steps (the lr decayed over the last quarter) with the network in bf16; it meets
+# the quality bar of bench.mdm_quality against that 1,600-step reference (figures in config.py next to
+# STANDARD_MDM). The paper protocol (800 steps) is one click away. Every label names the steps and the loss
+# actually minimised (the deletion-scaled distance, a named deviation from eq. 13 as printed, which stays
+# selectable as "printed").
 MDM_PROFILES: dict[str, str] = {  # short for the picker; the help text and every caption name the loss
     "standard": "Standard (200 steps, about 15 s)",
     "paper": "Paper protocol (800 steps, minutes)",

@@ -166,7 +166,7 @@ def test_no_valid_checkpoint_keeps_app_working(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["ichallenge-pm", "rsna-pneumonia"])
-def test_bundled_sample_shows_its_paper_explanation_at_once(name, monkeypatch, tmp_path):
+def test_bundled_sample_shows_its_stored_explanation_at_once(name, monkeypatch, tmp_path):
     """The demo path of `make run`: a bundled checkpoint and one of its samples give the prediction and both
     heatmaps from the explanation stored when the demo was built: no MDM optimisation runs."""
     monkeypatch.setenv("DPROTONET_BUNDLED", "1")
@@ -189,6 +189,8 @@ def test_bundled_sample_shows_its_paper_explanation_at_once(name, monkeypatch, t
     assert len(_image_traces(at)) == 2
     assert counter.calls <= 2, f"{counter.calls} network calls: the stored explanation was not used"
     assert "computed when the demo was built" in _texts(at)
-    # each pane says what made it: the query side the paper profile, the prototype side what the card records
-    assert "Your image: paper profile: Adam 800 steps, loss eq. 13 / 14 with the deletion-scaled distance" in _texts(at)
-    assert "Prototype: fast profile: Adam 100 steps" in _texts(at)
+    # each pane says what made it: the query side the default (standard) profile, the prototype side what the card
+    # records (the same profile since the prototype sides were recomputed with it)
+    assert ("Your image: standard profile: Adam 200 steps, lr decayed over the last 25% of steps, network in bf16, "
+            "loss eq. 13 / 14 with the deletion-scaled distance") in _texts(at)
+    assert "Prototype: standard profile: Adam 200 steps" in _texts(at)

@@ -322,5 +322,5 @@ def test_prediction_headline_names_the_threshold_it_was_compared_with(checkpoint
 
 def test_stored_prototype_heatmaps_say_how_they_were_made(checkpoint):
     bundled = review.load_model(REPO / "assets" / "checkpoints" / "ichallenge-pm")
-    assert review.stored_prototype_method(bundled).startswith("fast profile: Adam 100 steps, loss eq. 13 / 14")
+    assert review.stored_prototype_method(bundled).startswith("standard profile: Adam 200 steps, lr decayed")
     assert "not recorded" in review.stored_prototype_method(checkpoint)  # the tiny test model keeps no record

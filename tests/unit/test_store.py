@@ -73,10 +73,10 @@ def test_the_app_shows_a_stored_sample_explanation_without_a_model_call(tmp_path
     assert counter.calls > 0 and not fresh.precomputed
 
 
-@pytest.mark.parametrize("profile", ["paper", "fast"])
+@pytest.mark.parametrize("profile", ["standard", "paper", "fast"])
 @pytest.mark.parametrize("name", ["ichallenge-pm", "rsna-pneumonia"])
 def test_bundled_samples_have_their_stored_explanations(name, profile):
-    """make-demo stored each bundled sample's explanation under both MDM profiles; the app must find it
+    """make-demo stored each bundled sample's explanation under these MDM profiles; the app must find it
     again (same decoding, same window, same pixels, same model file, same MDM settings)."""
     from dprotonet_core.commands._demo_mdm import SAMPLE_CHECKPOINTS, sample_inputs
 
