@@ -55,7 +55,7 @@ def measure(browser, url: str, path: Path, profile: str, timeout_s: float) -> tu
         _pick_profile(page, profile)
     start = time.perf_counter()
     page.get_by_text(f"of {steps}. ").first.wait_for()  # the refining caption of this profile's run
-    page.locator(".js-plotly-plot .imagelayer image").nth(1).wait_for(state="attached")
+    page.locator('[data-testid="stImage"] img').nth(1).wait_for()
     first = time.perf_counter() - start
     page.get_by_text("Download report (PNG)").first.wait_for()
     done = time.perf_counter() - start
@@ -70,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
+    from dprotonet_core.explain.mdm import fast_bf16
+
     print(machine_info(), f"; server: {usable_cores()} torch threads (DPROTONET_TORCH_THREADS default: every core), "
-          "explanations one at a time")
+          f"explanations one at a time; native bf16: {'yes' if fast_bf16() else 'no (float32 steps)'}")
     print("| image | profile | first heatmap s | finished s |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

@@ -133,12 +133,14 @@ if explanation is None:
     live = st.empty()
 
     def show_refining(partial: review.Explanation, step: int, total: int) -> None:
-        """The heatmap as it stands, refined in place while the optimisation runs (no extra model call)."""
-        settings = review.settings_from(S)
-        rendered = review.render_case(case, checkpoint, partial, settings, truth)
+        """The heatmap as it stands, refined in place while the optimisation runs (no extra model call): plain
+        images, cheap for the browser, which shares the CPU with the optimisation on a one-machine deployment."""
+        view = review.render_refining(case, checkpoint, partial, review.settings_from(S), step, total)
         with live.container():
-            st.plotly_chart(rendered.figure, key=f"refining-{step}", width="stretch", config={"displaylogo": False})
-            st.caption(f"Refining in place: step {step} of {total}. " + rendered.caption)
+            left, right = st.columns(2)
+            left.image(view.query, caption=view.titles[0], width="stretch")
+            right.image(view.prototype, caption=view.titles[1], width="stretch")
+            st.caption(view.caption)
 
     try:
         explanation = review.explain_cached(

@@ -97,14 +97,17 @@ from dprotonet_core.review.render import (  # noqa: F401
     VIEWS,
     DisplaySettings,
     Pane,
+    RefiningView,
     RenderedCase,
     View,
     colorscale,
     default_settings,
     panes_figure,
     png_bytes,
+    prototype_title,
     render_case,
     render_pane,
+    render_refining,
     settings_from,
 )
 from dprotonet_core.review.report import (  # noqa: F401

@@ -105,7 +105,17 @@ def _stored_side(checkpoint: Checkpoint, prototype: int):
 
 ProgressCallback = Callable[[float, str], None]
 PreviewCallback = Callable[["Explanation", int, int], None]  # (the explanation so far, step, total steps)
-PREVIEW_EVERY_S = 1.0  # a refining heatmap at most this often (the first one after the first step)
+PREVIEW_EVERY_S = 1.0  # optimisation between two refining heatmaps, at least (the first one after the first step)
+
+
+def progress_text(step: int, total: int, seconds: float, steps_timed: int) -> str:
+    """'Explaining: step k of n, about s s left': the time left from the pace of the last `steps_timed` steps
+    (taking `seconds`); no estimate until 5 steps are timed."""
+    text = f"Explaining: step {step} of at most {total}"
+    if steps_timed >= 5 and seconds > 0 and step < total:
+        left = (total - step) * seconds / steps_timed
+        text += f", about {left:.0f} s left" if left < 90 else f", about {left / 60:.0f} min left"
+    return text
 
 
 def explain(
@@ -132,9 +142,17 @@ def explain(
         raise ReviewError(f"Unknown explanation profile {profile!r}.")
     cfg = dataclasses.replace(mdm.profile(profile), time_limit=time_limit_s)
 
+    started = [None]  # when the first step ended: the time left is estimated from the steps since
+
     def report(step: int, total: int, _loss: float) -> None:
-        if progress is not None:
-            progress(min(1.0, step / max(total, 1)), f"Explaining: iteration {step} of at most {total}")
+        if progress is None:
+            return
+        import time
+
+        now = time.perf_counter()
+        if started[0] is None:
+            started[0] = (now, step)
+        progress(min(1.0, step / max(total, 1)), progress_text(step, total, now - started[0][0], step - started[0][1]))
 
     from dprotonet_core.explain.pair import explain_pair
 
@@ -183,10 +201,8 @@ def _previewer(checkpoint: Checkpoint, prototype: int, profile: str, side, previ
     last = [float("-inf")]
 
     def on_step(step: int, total: int, vectors: list[torch.Tensor]) -> None:
-        now = time.perf_counter()
-        if step > 1 and now - last[0] < PREVIEW_EVERY_S:
+        if step > 1 and time.perf_counter() - last[0] < PREVIEW_EVERY_S:
             return
-        last[0] = now
         with torch.no_grad():
             stack = mdm.mask_stack([v[0] for v in vectors], size)  # one image: vectors are (1, a_i, a_i)
         preview(Explanation(
@@ -195,6 +211,7 @@ def _previewer(checkpoint: Checkpoint, prototype: int, profile: str, side, previ
             iterations=step, seconds=0.0, query_method=f"{method}; refining: step {step} of {total}",
             prototype_method=side.method,
         ), step, total)
+        last[0] = time.perf_counter()  # the interval counts from the end of this preview
 
     return on_step
 

@@ -108,6 +108,41 @@ class RenderedCase:
     notes: list[str]
 
 
+@dataclass(frozen=True)
+class RefiningView:
+    """Both panes of an explanation that is still running, as plain images (no figure): what the page shows
+    while MDM refines (cheap to send and draw, so the browser does not compete with the optimisation)."""
+
+    query: np.ndarray  # (448, 448, 3) uint8
+    prototype: np.ndarray
+    titles: tuple[str, str]
+    caption: str
+
+
+def prototype_title(checkpoint: Checkpoint, prototype: int) -> str:
+    """'Prototype #j (class), learned from <source>' (the prototype pane's title)."""
+    record = checkpoint.prototypes[prototype] if checkpoint.prototypes else None
+    title = f"Prototype #{prototype}"
+    if record is not None:
+        title += f" ({record.class_name}), learned from {record.source_id}"
+    return title
+
+
+def render_refining(
+    case: Case, checkpoint: Checkpoint, explanation: Explanation, settings: DisplaySettings, step: int, total: int,
+) -> RefiningView:
+    """The panes of a running explanation at `settings` (no model call): the query's mask stack as it stands
+    after `step` of `total` steps, the prototype's stored one."""
+    query = render_pane(case.display, explanation.query_stack, settings)
+    proto = render_pane(checkpoint.prototype_image(explanation.prototype), explanation.prototype_stack, settings)
+    method = explanation.query_method.split("; refining:")[0]  # the step is said once, first
+    caption = (f"Refining in place: step {step} of {total}. Your image: {method}. Prototype: "
+               f"{explanation.prototype_method or 'stored in the checkpoint'}. The zoomable panes, the display "
+               "controls and the report come when the explanation is complete.")
+    return RefiningView(query.image, proto.image, ("Your image", prototype_title(checkpoint, explanation.prototype)),
+                        caption)
+
+
 def render_case(
     case: Case, checkpoint: Checkpoint, explanation: Explanation, settings: DisplaySettings,
     truth_boxes: Iterable[tuple[float, ...]] = (),
@@ -117,10 +152,7 @@ def render_case(
     truth_boxes = list(truth_boxes)
     query = render_pane(case.display, explanation.query_stack, settings)
     proto = render_pane(checkpoint.prototype_image(explanation.prototype), explanation.prototype_stack, settings)
-    record = checkpoint.prototypes[explanation.prototype] if checkpoint.prototypes else None
-    proto_title = f"Prototype #{explanation.prototype}"
-    if record is not None:
-        proto_title += f" ({record.class_name}), learned from {record.source_id}"
+    proto_title = prototype_title(checkpoint, explanation.prototype)
     figure = panes_figure(query.image, proto.image, ("Your image", proto_title), settings, truth_boxes=truth_boxes)
     size = checkpoint.model.config.input_size
     query_method = explanation.query_method or (

@@ -87,8 +87,8 @@ COLORMAPS = ("jet", "turbo", "viridis", "inferno", "gray")
 # actually minimised (the deletion-scaled distance, a named deviation from eq. 13 as printed, which stays
 # selectable as "printed").
 MDM_PROFILES: dict[str, str] = {  # short for the picker; the help text and every caption name the loss
-    "standard": "Standard (200 steps, about 15 s)",
-    "paper": "Paper protocol (800 steps, minutes)",
+    "standard": "Standard (200 steps)",
+    "paper": "Paper protocol (800 steps, 4x longer)",
     "fast": "Fast (100 steps, not converged)",
     "printed": "Eq. 13 as printed (800 steps)",
 }
@@ -98,12 +98,14 @@ MDM_PROFILE_HELP = (
     "All profiles minimise eq. 13 with its distance divided by the distance of the fully masked image (eta 0.4), "
     "a named deviation: with eq. 13 as printed (eta 10) the masks of our checkpoints collapse. Standard (the "
     "default): the paper's Adam optimisation continued to 1,600 steps, taken in 8x fewer, longer steps with the "
-    "step size decayed over the last quarter, the network in bfloat16; on 12 held-out images per bundled model it "
+    "step size decayed over the last quarter, the network in bfloat16 where the CPU computes it natively "
+    "(AVX512-BF16 or AMX; else float32); on 12 held-out images per bundled model it "
     "reaches a lower eq. 13 objective than the paper protocol (median) and heatmaps close to the 1,600-step answer "
     "(median correlation 0.98-1.00, overlap of the top 20% regions 0.84-0.95; python -m bench.mdm_quality). "
     "Paper protocol: "
     "the paper's 800 Adam steps in float32, several minutes for an upload on a CPU. Fast: 100 steps of the 800-step "
-    "path; close on some images, far off on others. Eq. 13 as printed: the paper's loss unchanged, 800 steps."
+    "path; close on some images, far off on others. Eq. 13 as printed: the paper's loss unchanged, 800 steps. "
+    "While it runs, the progress bar estimates the time left from this machine's pace."
 )
 
 
@@ -133,8 +135,9 @@ def configure_torch(environ: dict[str, str] | None = None) -> int:
     """Intra-op threads for the server process: $DPROTONET_TORCH_THREADS, default every usable core.
 
     Explanations run one at a time (review/queue.py), so the one running may use all cores: measured on this
-    2-core CPU, one MDM step of the bundled checkpoints costs 65 ms at 2 threads and 96 ms at 1 (bf16,
-    channels_last; scratch timing of 2026-12-02, python -m bench.mdm_quality prints the per-explanation seconds)."""
+    2-core CPU with AVX512-BF16, one MDM step of the bundled checkpoints costs 65 ms at 2 threads and 96 ms at 1
+    (bf16, channels_last); on a 2-core AVX2 CPU without bf16, 311 ms and 470 ms (float32, channels_last; scratch
+    timings of 2026-12-02; python -m bench.mdm_quality prints the per-explanation seconds)."""
     value = (environ if environ is not None else os.environ).get(TORCH_THREADS_ENV, "")
     threads = max(1, int(value)) if value.strip().isdigit() else usable_cores()
     if torch.get_num_threads() != threads:

@@ -47,7 +47,7 @@ def test_the_heatmap_is_drawn_while_mdm_runs_then_finished_in_place(server, tmp_
         refining = page.get_by_text("Refining in place: step")
         refining.first.wait_for()
         # while it refines: both panes are drawn, and the finished view's controls are not there yet
-        page.locator(".js-plotly-plot .imagelayer image").nth(1).wait_for(state="attached")
+        page.locator('[data-testid="stImage"] img').nth(1).wait_for()
         assert refining.count() >= 1 and page.get_by_text("Download report (PNG)").count() == 0
         first = refining.first.inner_text()
         page.get_by_text("Download report (PNG)").first.wait_for()  # finished

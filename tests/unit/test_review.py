@@ -150,8 +150,13 @@ def test_explain_previews_the_heatmap_while_it_refines(case, checkpoint, monkeyp
     assert total == final.iterations and "refining: step 1 of" in first.query_method
     assert first.query_stack.shape == final.query_stack.shape
     np.testing.assert_allclose(seen[-1][0].query_stack, final.query_stack, atol=1e-6)  # the last preview is the end
-    rendered = review.render_case(case, checkpoint, first, review.default_settings())
-    assert rendered.query.image.shape[2] == 3
+    view = review.render_refining(case, checkpoint, first, review.default_settings(), 1, total)
+    final_view = review.render_case(case, checkpoint, final, review.default_settings())
+    assert view.query.shape == final_view.query.image.shape and view.query.dtype == np.uint8
+    np.testing.assert_array_equal(view.prototype, final_view.prototype.image)  # the stored side, both times
+    assert view.caption.startswith(f"Refining in place: step 1 of {total}. Your image: fast profile: Adam")
+    assert "refining:" not in view.caption  # the step is said once
+    assert view.titles[1] == review.prototype_title(checkpoint, 0)
     monkeypatch.setattr(review.explanation, "PREVIEW_EVERY_S", 3600.0)
     seen.clear()
     review.explain(checkpoint, case.x, 0, "fast", preview=lambda e, step, total: seen.append(step))
@@ -160,12 +165,21 @@ def test_explain_previews_the_heatmap_while_it_refines(case, checkpoint, monkeyp
 
 def test_explain_reports_progress_and_can_be_cancelled(case, checkpoint):
     seen: list[float] = []
-    review.explain(checkpoint, case.x, 0, "fast", progress=lambda f, text: seen.append(f))
+    texts: list[str] = []
+    review.explain(checkpoint, case.x, 0, "fast", progress=lambda f, text: seen.append(f) or texts.append(text))
     assert seen and 0 < seen[-1] <= 1 and seen == sorted(seen)
+    assert texts[0] == "Explaining: step 1 of at most 100" and "left" in texts[50] and "left" not in texts[-1]
     with pytest.raises(review.ReviewError, match="cancelled"):
         review.explain(checkpoint, case.x, 0, "fast", cancel=lambda: True)
     capped = review.explain(checkpoint, case.x, 0, "paper", time_limit_s=0.0)
     assert capped.stopped_by_time and capped.iterations < 800
+
+
+def test_progress_text_estimates_the_time_left_from_the_pace_so_far():
+    assert review.explanation.progress_text(3, 200, 1.0, 2) == "Explaining: step 3 of at most 200"  # too few timed
+    assert review.explanation.progress_text(10, 200, 2.0, 8) == "Explaining: step 10 of at most 200, about 48 s left"
+    assert review.explanation.progress_text(10, 800, 2.0, 8) == "Explaining: step 10 of at most 800, about 3 min left"
+    assert review.explanation.progress_text(200, 200, 9.0, 199) == "Explaining: step 200 of at most 200"
 
 
 def test_render_needs_no_model_and_follows_the_settings(case, checkpoint, explanation, monkeypatch):
