@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_folds(len(data), keys, args.folds, args.seed, args.out, train_fold, args.only)
     summary["plan"] = dataclasses.asdict(plan)
+    summary["stratified_by"] = "class and the file's letter (P pathologic myopia, N normal, H high myopia)"
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: summary[k] for k in ("folds_done", "k") if k in summary}), flush=True)
     for model in ("dprotonet", "baseline"):

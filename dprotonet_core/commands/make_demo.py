@@ -93,6 +93,9 @@ def register(subparsers) -> None:
     p.add_argument("--kermany", default=KERMANY, type=Path, help="pretraining corpus of the chest backbone")
     p.add_argument("--chest-backbone", default=CHEST_BACKBONE, type=Path,
                    help="pretrained chest backbone file (made by pretrain-backbone when absent)")
+    p.add_argument("--palm-cross-validation", type=Path,
+                   help="a finished cross-validate run of the iChallenge-PM plan: its figures go into the card "
+                   "(refused if its recipe is not the plan's)")
     p.add_argument("--epochs", type=int, help="override the epochs of both plans")
     p.add_argument("--views", type=int, help="override R of both plans")
     p.add_argument("--backbone", help="override the backbone of both plans (smoke runs)")
@@ -408,8 +411,13 @@ def run(args: argparse.Namespace) -> int:
                                                  input_size=224, epochs=5, batch_size=64, lr=2e-3, limit=None,
                                                  seed=0, threads=args.threads, no_progress=True))
     if args.only in (None, "ichallenge-pm"):
-        build(plans["ichallenge-pm"], args.palm, args.out / "ichallenge-pm", palm_card(), args.threads,
-              args.mdm_profile)
+        extra = palm_card()
+        if args.palm_cross_validation is not None:  # checked before hours of training, not after
+            from dprotonet_core.train.cross_validation import card_record
+
+            extra["cross_validation"] = card_record(args.palm_cross_validation,
+                                                    dataclasses.asdict(plans["ichallenge-pm"]))
+        build(plans["ichallenge-pm"], args.palm, args.out / "ichallenge-pm", extra, args.threads, args.mdm_profile)
     if args.only in (None, "rsna-pneumonia"):
         build(plans["rsna-pneumonia"], args.rsna_data, args.out / "rsna-pneumonia", rsna_card(), args.threads,
               args.mdm_profile)

@@ -135,3 +135,35 @@ def load_figures(path: Path) -> FoldFigures:
     for name in ("dprotonet_by_epoch", "baseline_by_epoch"):
         data[name] = {int(e): float(a) for e, a in data[name].items()}
     return FoldFigures(**data)
+
+
+RECIPE_FIELDS = ("dataset", "backbone", "input_size", "epochs", "batch_size", "views", "seed", "backbone_weights",
+                 "lr_backbone", "class_weights", "select_on", "distinct_sources")
+
+
+def card_record(folder: Path, plan: dict) -> dict:
+    """The card's "cross_validation" entry from a stored run (out/summary.json, out/folds.json): folds, seed,
+    the folds done, both models' mean and spread, the best fixed epoch. Refuses a run whose recipe is not
+    `plan`'s (a DemoPlan as a dict), or one with folds missing: the figures would describe another model."""
+    folder = Path(folder)
+    summary = json.loads((folder / "summary.json").read_text())
+    ran = summary.get("plan", {})
+    differ = [f for f in RECIPE_FIELDS if ran.get(f) != plan.get(f)]
+    if differ:
+        raise ValueError(f"{folder}: the cross-validated recipe differs from the plan in {', '.join(differ)}")
+    if sorted(summary.get("folds_done", [])) != list(range(summary["k"])):
+        raise ValueError(f"{folder}: folds {summary.get('folds_done')} of {summary['k']} done; finish the run first")
+    folds = json.loads((folder / "folds.json").read_text())["folds"]
+    record = {"k": summary["k"], "seed": summary["seed"], "images": sum(len(f) for f in folds),
+              "stratified_by": summary.get("stratified_by"),
+              "recipe": {f: ran.get(f) for f in RECIPE_FIELDS},
+              "note": "each fold's model selected on that fold (optimistic by that selection); the fixed-epoch "
+                      "figure, the same epoch for every fold, is the recipe's"}
+    for model in ("dprotonet", "baseline"):
+        if model in summary:
+            record[model] = {"selected_in_fold": summary[model]["selected_in_fold"],
+                             "best_fixed_epoch": summary[model]["best_fixed_epoch"],
+                             "at_best_fixed_epoch": summary[model]["at_best_fixed_epoch"]}
+    if "dprotonet_minus_baseline_accuracy" in summary:
+        record["dprotonet_minus_baseline_accuracy"] = summary["dprotonet_minus_baseline_accuracy"]
+    return record

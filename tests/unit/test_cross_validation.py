@@ -11,6 +11,7 @@ import pytest
 from dprotonet_core.train.cross_validation import (
     FoldFigures,
     by_epoch,
+    card_record,
     mean_sd,
     run_folds,
     stratified_folds,
@@ -90,3 +91,28 @@ def test_run_folds_stores_each_fold_and_a_later_run_only_adds_missing_ones(tmp_p
     assert json.loads((tmp_path / "summary.json").read_text())["folds_done"] == [0, 1, 2, 3]
     with pytest.raises(ValueError):
         run_folds(19, keys, 4, 0, tmp_path, train_fold)
+
+
+def test_card_record_carries_both_models_figures_and_refuses_another_recipe_or_missing_folds(tmp_path):
+    import dataclasses
+
+    from dprotonet_core.commands.make_demo import DemoPlan
+
+    plan = dataclasses.asdict(DemoPlan("ichallenge-pm", "ichallenge-pm"))
+
+    def train_fold(fold, train, val, folder):
+        return _fold(fold, 0.9 + 0.02 * fold, 0.95, {10: 0.9, 20: 0.92}, {10: 0.95})
+
+    summary = run_folds(20, [0, 1] * 10, 3, 0, tmp_path, train_fold, only=[0, 1])
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "plan": plan}))
+    with pytest.raises(ValueError, match=r"folds \[0, 1\] of 3"):
+        card_record(tmp_path, plan)
+    summary = run_folds(20, [0, 1] * 10, 3, 0, tmp_path, train_fold)
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "plan": plan}))
+    record = card_record(tmp_path, plan)
+    assert record["k"] == 3 and record["images"] == 20 and record["recipe"]["epochs"] == plan["epochs"]
+    assert record["dprotonet"]["selected_in_fold"]["accuracy"]["mean"] == pytest.approx(0.92)
+    assert record["baseline"]["best_fixed_epoch"] == 10
+    assert record["dprotonet_minus_baseline_accuracy"] == pytest.approx(0.92 - 0.95)
+    with pytest.raises(ValueError, match="epochs"):
+        card_record(tmp_path, {**plan, "epochs": 70})
