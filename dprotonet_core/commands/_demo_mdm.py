@@ -67,7 +67,7 @@ def store_sample_explanations(
     A result already stored for exactly the same inputs and settings is kept, not recomputed; stored files
     that no sample needs any more are removed."""
     from dprotonet_core import review
-    from dprotonet_core.checkpoint import load_checkpoint, model_digest
+    from dprotonet_core.checkpoint import model_digest
     from dprotonet_core.explain import mdm, store
 
     out = samples / "explanations"
@@ -79,7 +79,7 @@ def store_sample_explanations(
         if name is None or not (checkpoints / name / "card.json").is_file():
             continue
         if name not in loaded_checkpoints:
-            loaded_checkpoints[name] = load_checkpoint(checkpoints / name)
+            loaded_checkpoints[name] = review.load_model(checkpoints / name)  # as the app holds it (channels_last)
         ck = loaded_checkpoints[name]
         sha = model_digest(ck.card)
         x = review.default_model_input(ck, path.read_bytes())

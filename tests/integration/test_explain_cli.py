@@ -50,5 +50,5 @@ def test_explain_cli_computes_prototype_side_when_missing(tmp_path, tiny_model, 
     record = json.loads((out / "explanation.json").read_text())
     assert record["prototype"]["index"] == 1
     assert "computed now" in record["note"] and "computed now" in record["prototype_method"]
-    assert "paper profile: Adam 3 steps" in record["query_method"] and len(record["final_objective"]) == 10
+    assert "standard profile: Adam 3 steps" in record["query_method"] and len(record["final_objective"]) == 10
     assert (out / "prototype_heatmap.png").is_file()
