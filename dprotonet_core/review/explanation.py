@@ -105,6 +105,7 @@ def _stored_side(checkpoint: Checkpoint, prototype: int):
 
 ProgressCallback = Callable[[float, str], None]
 PreviewCallback = Callable[["Explanation", int, int], None]  # (the explanation so far, step, total steps)
+PROGRESS_EVERY_S = 0.5  # the progress bar's text at most this often (and at the last step)
 PREVIEW_EVERY_S = 1.0  # optimisation between two refining heatmaps, at least (the first one after the first step)
 
 
@@ -143,6 +144,7 @@ def explain(
     cfg = dataclasses.replace(mdm.profile(profile), time_limit=time_limit_s)
 
     started = [None]  # when the first step ended: the time left is estimated from the steps since
+    sent = [float("-inf")]
 
     def report(step: int, total: int, _loss: float) -> None:
         if progress is None:
@@ -152,6 +154,9 @@ def explain(
         now = time.perf_counter()
         if started[0] is None:
             started[0] = (now, step)
+        if step < total and now - sent[0] < PROGRESS_EVERY_S:
+            return  # a browser on the same CPU redraws the bar at most this often
+        sent[0] = now
         progress(min(1.0, step / max(total, 1)), progress_text(step, total, now - started[0][0], step - started[0][1]))
 
     from dprotonet_core.explain.pair import explain_pair

@@ -163,12 +163,17 @@ def test_explain_previews_the_heatmap_while_it_refines(case, checkpoint, monkeyp
     assert seen == [1]  # the first one at once, then none within the hour
 
 
-def test_explain_reports_progress_and_can_be_cancelled(case, checkpoint):
+def test_explain_reports_progress_and_can_be_cancelled(case, checkpoint, monkeypatch):
     seen: list[float] = []
+    monkeypatch.setattr(review.explanation, "PROGRESS_EVERY_S", 0.0)  # every step
     texts: list[str] = []
     review.explain(checkpoint, case.x, 0, "fast", progress=lambda f, text: seen.append(f) or texts.append(text))
     assert seen and 0 < seen[-1] <= 1 and seen == sorted(seen)
     assert texts[0] == "Explaining: step 1 of at most 100" and "left" in texts[50] and "left" not in texts[-1]
+    monkeypatch.setattr(review.explanation, "PROGRESS_EVERY_S", 3600.0)
+    texts.clear()
+    review.explain(checkpoint, case.x, 0, "fast", progress=lambda f, text: texts.append(text))
+    assert texts == ["Explaining: step 1 of at most 100", "Explaining: step 100 of at most 100"]  # first and last
     with pytest.raises(review.ReviewError, match="cancelled"):
         review.explain(checkpoint, case.x, 0, "fast", cancel=lambda: True)
     capped = review.explain(checkpoint, case.x, 0, "paper", time_limit_s=0.0)
