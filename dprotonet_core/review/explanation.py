@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ def _stored_side(checkpoint: Checkpoint, prototype: int):
 
 ProgressCallback = Callable[[float, str], None]
 PreviewCallback = Callable[["Explanation", int, int], None]  # (the explanation so far, step, total steps)
+REFINING = "; refining:"  # what a preview's query_method adds to the method: "; refining: step k of n"
 PROGRESS_EVERY_S = 0.5  # the progress bar's text at most this often (and at the last step)
 PREVIEW_EVERY_S = 1.0  # optimisation between two refining heatmaps, at least (the first one after the first step)
 
@@ -149,8 +151,6 @@ def explain(
     def report(step: int, total: int, _loss: float) -> None:
         if progress is None:
             return
-        import time
-
         now = time.perf_counter()
         if started[0] is None:
             started[0] = (now, step)
@@ -197,8 +197,6 @@ def explain(
 
 def _previewer(checkpoint: Checkpoint, prototype: int, profile: str, side, preview: PreviewCallback):
     """An mdm on_step hook that hands `preview` the explanation so far: after step 1, then every PREVIEW_EVERY_S."""
-    import time
-
     from dprotonet_core.explain import mdm
 
     size = int(checkpoint.model.config.input_size)
@@ -213,7 +211,7 @@ def _previewer(checkpoint: Checkpoint, prototype: int, profile: str, side, previ
         preview(Explanation(
             prototype=prototype, mask_index=-1, prototype_mask_index=side.mask_index,
             query_stack=np.asarray(stack, dtype=np.float32), prototype_stack=side.stack, profile=profile,
-            iterations=step, seconds=0.0, query_method=f"{method}; refining: step {step} of {total}",
+            iterations=step, seconds=0.0, query_method=f"{method}{REFINING} step {step} of {total}",
             prototype_method=side.method,
         ), step, total)
         last[0] = time.perf_counter()  # the interval counts from the end of this preview

@@ -23,7 +23,7 @@ from dprotonet_core.explain.overlay import (  # noqa: F401 - the pages reach the
     settings_from,
 )
 from dprotonet_core.review.case import Case
-from dprotonet_core.review.explanation import Explanation
+from dprotonet_core.review.explanation import REFINING, Explanation
 from dprotonet_core.review.settings import EMPTY_STACK, MDM_TIME_LIMIT_S, PROFILE_SHORT_NAMES
 
 
@@ -135,7 +135,7 @@ def render_refining(
     after `step` of `total` steps, the prototype's stored one."""
     query = render_pane(case.display, explanation.query_stack, settings)
     proto = render_pane(checkpoint.prototype_image(explanation.prototype), explanation.prototype_stack, settings)
-    method = explanation.query_method.split("; refining:")[0]  # the step is said once, first
+    method = explanation.query_method.split(REFINING)[0]  # the step is said once, first
     caption = (f"Refining in place: step {step} of {total}. Your image: {method}. Prototype: "
                f"{explanation.prototype_method or 'stored in the checkpoint'}. The zoomable panes, the display "
                "controls and the report come when the explanation is complete.")

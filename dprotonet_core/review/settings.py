@@ -88,7 +88,7 @@ COLORMAPS = ("jet", "turbo", "viridis", "inferno", "gray")
 # selectable as "printed").
 MDM_PROFILES: dict[str, str] = {  # short for the picker; the help text and every caption name the loss
     "standard": "Standard (200 steps)",
-    "paper": "Paper protocol (800 steps, 4x longer)",
+    "paper": "Paper protocol (800 steps, float32)",
     "fast": "Fast (100 steps, not converged)",
     "printed": "Eq. 13 as printed (800 steps)",
 }
