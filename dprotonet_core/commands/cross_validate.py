@@ -7,7 +7,9 @@ The folds cover every image of the data folder (for PALM: the 400 training photo
 split), stratified by class and, for PALM, by the file's letter (P pathologic myopia, N normal, H high myopia).
 Each fold trains the plan's recipe (make-demo's DemoPlan, the same configs and augmentation) on the other folds
 and is measured on its own: train/cross_validation.py says what the figures mean. Folds already stored under
---out are kept, so a 5-fold run can be split over sessions with --only; the summary covers the folds stored.
+--out are kept, so a 5-fold run can be split over sessions with --only; the summary covers the folds stored. A fold
+cut short (the process stopped) resumes where its DProtoNet run's last finished step left off (train/resume.py);
+the backbone-only baseline, trained after it, starts again.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from dprotonet_core.train.cross_validation import FoldFigures, by_epoch, run_folds
     from dprotonet_core.train.data import SubsetView
     from dprotonet_core.train.loop import TrainOptions, train
+    from dprotonet_core.train.resume import read_state
 
     torch.set_num_threads(args.threads)
     overrides = {"epochs": args.epochs, "views": args.views, "backbone": args.backbone, "input_size": args.input_size}
@@ -67,8 +70,12 @@ def run(args: argparse.Namespace) -> int:
         train_view = SubsetView(data, train_idx, labels=data.labels, ids=data.ids)
         val_view = SubsetView(data, val_idx, labels=data.labels, ids=data.ids)
         model_cfg, train_cfg, loss_cfg, augment = plan_configs(plan, data.classes, train_view.labels)
+        saved = read_state(folder)
+        if saved is not None:
+            print(json.dumps({"fold": fold, "resumed_at_step": saved[0]["next_step"]}), flush=True)
         options = TrainOptions(classes=data.classes, augment=augment, threads=args.threads, baseline=plan.baseline,
-                               progress=False, command_line=f"cross-validate fold {fold} of {args.folds}")
+                               progress=False, command_line=f"cross-validate fold {fold} of {args.folds}",
+                               resume=saved is not None)
         result = train(train_view, folder, model_cfg, train_cfg, loss_cfg, options, val_dataset=val_view)
         from dprotonet_core.checkpoint import load_checkpoint
 
@@ -80,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line]
         figures = FoldFigures(fold=fold, train_images=len(train_idx), val_images=len(val_idx), dprotonet=selected,
                               baseline=baseline, dprotonet_by_epoch=by_epoch(log),
-                              baseline_by_epoch=by_epoch(log, "baseline"), seconds=round(time.perf_counter() - t0, 1))
+                              baseline_by_epoch=by_epoch(log, "baseline"), seconds=round(time.perf_counter() - t0, 1),
+                              resumed_at_step=None if saved is None else saved[0]["next_step"])
         print(json.dumps({"fold": fold, "dprotonet_accuracy": selected.get("accuracy"),
                           "baseline_accuracy": None if baseline is None else baseline.get("accuracy"),
                           "seconds": figures.seconds}), flush=True)

@@ -50,7 +50,8 @@ class FoldFigures:
     baseline: dict | None  # the same for the backbone-only classifier (None when not trained)
     dprotonet_by_epoch: dict[int, float]  # fold accuracy of every projected state, by epoch (the last per epoch)
     baseline_by_epoch: dict[int, float]
-    seconds: float
+    seconds: float  # of the run that finished the fold (a resumed fold: from its resumption)
+    resumed_at_step: int | None = None  # the DProtoNet schedule step a cut fold resumed at (None: not cut)
 
 
 def by_epoch(history: Sequence[dict], phase: str | None = None) -> dict[int, float]:

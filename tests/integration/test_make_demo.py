@@ -146,3 +146,33 @@ def test_cross_validate_trains_dprotonet_and_its_backbone_on_the_same_folds(tmp_
     accs = [json.loads((out / f"fold-{k}" / "figures.json").read_text())["dprotonet"]["accuracy"] for k in (0, 1)]
     assert summary["dprotonet"]["selected_in_fold"]["accuracy"]["mean"] == pytest.approx(sum(accs) / 2)
     assert "dprotonet: accuracy" in capsys.readouterr().out
+
+
+def test_cross_validate_resumes_a_fold_cut_short(tmp_path, monkeypatch):
+    """A fold stopped after its DProtoNet run (here: in the baseline) resumes instead of training DProtoNet again:
+    each schedule step is in the fold's log once, and the figures say where it resumed."""
+    from dprotonet_core.cli import main
+    from dprotonet_core.train import loop
+
+    data = tmp_path / "palm"
+    _palm_like(data, per_class=6)
+    out = tmp_path / "cv"
+    argv = ["cross-validate", "--data", str(data), "--folds", "2", "--out", str(out), "--epochs", "2",
+            "--views", "2", "--backbone", "tiny_cnn", "--input-size", "32", "--threads", "1", "--only", "0"]
+    real = loop.train_baseline
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train_baseline", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    assert not (out / "fold-0" / "figures.json").exists()
+    steps = len(loop.schedule(loop.TrainConfig(epochs=2)))
+    monkeypatch.setattr(loop, "train_baseline", real)
+    assert main(argv) == 0
+    figures = json.loads((out / "fold-0" / "figures.json").read_text())
+    assert figures["resumed_at_step"] == steps
+    log = [json.loads(line) for line in (out / "fold-0" / "train_log.jsonl").read_text().splitlines() if line]
+    assert sorted(e["step"] for e in log if e.get("phase") != "baseline") == list(range(steps))
+    assert figures["baseline"]["images"] == 6
