@@ -106,4 +106,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{model}: accuracy {acc['mean']:.4f} +- {acc['sd']:.4f} over {acc['n']} folds "
                       f"(selected in each fold's run); best fixed epoch {summary[model]['best_fixed_epoch']}",
                       flush=True)
+    paired = summary.get("dprotonet_minus_baseline_by_epoch", {})
+    for epoch, diff in paired.items():
+        print(f"DProtoNet minus backbone at epoch {epoch} of the same fold: {diff['mean']:+.4f} +- {diff['sd']:.4f} "
+              f"(min {diff['min']:+.4f}, max {diff['max']:+.4f})", flush=True)
     return 0

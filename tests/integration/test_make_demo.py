@@ -145,7 +145,11 @@ def test_cross_validate_trains_dprotonet_and_its_backbone_on_the_same_folds(tmp_
     assert summary["folds_done"] == [0, 1] and summary["plan"]["epochs"] == 2
     accs = [json.loads((out / f"fold-{k}" / "figures.json").read_text())["dprotonet"]["accuracy"] for k in (0, 1)]
     assert summary["dprotonet"]["selected_in_fold"]["accuracy"]["mean"] == pytest.approx(sum(accs) / 2)
-    assert "dprotonet: accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "dprotonet: accuracy" in printed and "DProtoNet minus backbone at epoch 2 of the same fold" in printed
+    stored = [json.loads((out / f"fold-{k}" / "figures.json").read_text()) for k in (0, 1)]
+    gaps = [f["dprotonet_by_epoch"]["2"] - f["baseline_by_epoch"]["2"] for f in stored]
+    assert summary["dprotonet_minus_baseline_by_epoch"]["2"]["mean"] == pytest.approx(sum(gaps) / 2)
 
 
 def test_cross_validate_resumes_a_fold_cut_short(tmp_path, monkeypatch):

@@ -70,6 +70,12 @@ def test_summary_is_mean_and_sample_sd_over_folds_and_the_best_common_epoch():
     assert s["dprotonet"]["best_fixed_epoch"] == 2  # mean 0.8 against 0.55
     assert s["baseline"]["best_fixed_epoch"] == 2  # 0.9 against 0.8
     assert s["dprotonet_minus_baseline_accuracy"] == pytest.approx(0.8 - 0.9)
+    # paired at the same epoch of the same fold: epoch 1: 0.5 - 0.7, 0.6 - 0.9; epoch 2: 0.9 - 1.0, 0.7 - 0.8
+    paired = s["dprotonet_minus_baseline_by_epoch"]
+    assert set(paired) == {1, 2}
+    assert paired[1]["mean"] == pytest.approx(-0.25) and paired[2]["mean"] == pytest.approx(-0.1)
+    assert paired[2]["sd"] == pytest.approx(0.0, abs=1e-12)
+    assert s["dprotonet_minus_baseline_at_last_epoch"] == paired[2]
     assert mean_sd([0.5])["sd"] == 0.0
 
 
@@ -114,5 +120,6 @@ def test_card_record_carries_both_models_figures_and_refuses_another_recipe_or_m
     assert record["dprotonet"]["selected_in_fold"]["accuracy"]["mean"] == pytest.approx(0.92)
     assert record["baseline"]["best_fixed_epoch"] == 10
     assert record["dprotonet_minus_baseline_accuracy"] == pytest.approx(0.92 - 0.95)
+    assert record["dprotonet_minus_baseline_at_last_epoch"]["mean"] == pytest.approx(0.9 - 0.95)  # epoch 10
     with pytest.raises(ValueError, match="epochs"):
         card_record(tmp_path, {**plan, "epochs": 70})
