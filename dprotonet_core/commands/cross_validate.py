@@ -49,9 +49,10 @@ def palm_stratum(item_id: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dprotonet_core.checkpoint import load_checkpoint
     from dprotonet_core.data.registry import load_dataset
     from dprotonet_core.evaluate.held_out import held_out_metrics
-    from dprotonet_core.train.cross_validation import FoldFigures, by_epoch, run_folds
+    from dprotonet_core.train.cross_validation import FoldFigures, add_last_state_figures, by_epoch, run_folds
     from dprotonet_core.train.data import SubsetView
     from dprotonet_core.train.loop import TrainOptions, train
     from dprotonet_core.train.resume import read_state
@@ -65,6 +66,14 @@ def run(args: argparse.Namespace) -> int:
         data[i]
     keys = [f"{item.label}|{palm_stratum(item.id)}" for item in data.items]
 
+    def last_state(folder: Path, val_idx: list[int]) -> dict | None:
+        """The fold's figures of DProtoNet after its run's last step (resume/last), None when not on disk."""
+        last = folder / "resume" / "last"
+        if not (last / "card.json").is_file():
+            return None
+        return held_out_metrics(load_checkpoint(last).model, SubsetView(data, val_idx, labels=data.labels,
+                                                                          ids=data.ids))
+
     def train_fold(fold: int, train_idx: list[int], val_idx: list[int], folder: Path) -> FoldFigures:
         t0 = time.perf_counter()
         train_view = SubsetView(data, train_idx, labels=data.labels, ids=data.ids)
@@ -77,8 +86,6 @@ def run(args: argparse.Namespace) -> int:
                                progress=False, command_line=f"cross-validate fold {fold} of {args.folds}",
                                resume=saved is not None)
         result = train(train_view, folder, model_cfg, train_cfg, loss_cfg, options, val_dataset=val_view)
-        from dprotonet_core.checkpoint import load_checkpoint
-
         selected = held_out_metrics(load_checkpoint(folder).model, val_view)
         selected["selected_epoch"] = result.selected.get("epoch")
         baseline = None
@@ -88,12 +95,16 @@ def run(args: argparse.Namespace) -> int:
         figures = FoldFigures(fold=fold, train_images=len(train_idx), val_images=len(val_idx), dprotonet=selected,
                               baseline=baseline, dprotonet_by_epoch=by_epoch(log),
                               baseline_by_epoch=by_epoch(log, "baseline"), seconds=round(time.perf_counter() - t0, 1),
-                              resumed_at_step=None if saved is None else saved[0]["next_step"])
+                              resumed_at_step=None if saved is None else saved[0]["next_step"],
+                              dprotonet_last=last_state(folder, val_idx))
         print(json.dumps({"fold": fold, "dprotonet_accuracy": selected.get("accuracy"),
                           "baseline_accuracy": None if baseline is None else baseline.get("accuracy"),
                           "seconds": figures.seconds}), flush=True)
         return figures
 
+    filled = add_last_state_figures(args.out, args.folds, last_state)  # folds stored before this was recorded
+    if filled:
+        print(json.dumps({"last_state_measured_for_folds": filled}), flush=True)
     summary = run_folds(len(data), keys, args.folds, args.seed, args.out, train_fold, args.only)
     summary["plan"] = dataclasses.asdict(plan)
     summary["stratified_by"] = "class and the file's letter (P pathologic myopia, N normal, H high myopia)"
@@ -106,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{model}: accuracy {acc['mean']:.4f} +- {acc['sd']:.4f} over {acc['n']} folds "
                       f"(selected in each fold's run); best fixed epoch {summary[model]['best_fixed_epoch']}",
                       flush=True)
+    for name, fig in summary.get("dprotonet", {}).get("at_last_epoch", {}).items():
+        print(f"dprotonet after the last epoch: {name} {fig['mean']:.4f} +- {fig['sd']:.4f} over {fig['n']} folds",
+              flush=True)
     paired = summary.get("dprotonet_minus_baseline_by_epoch", {})
     for epoch, diff in paired.items():
         print(f"DProtoNet minus backbone at epoch {epoch} of the same fold: {diff['mean']:+.4f} +- {diff['sd']:.4f} "

@@ -52,6 +52,9 @@ class FoldFigures:
     baseline_by_epoch: dict[int, float]
     seconds: float  # of the run that finished the fold (a resumed fold: from its resumption)
     resumed_at_step: int | None = None  # the DProtoNet schedule step a cut fold resumed at (None: not cut)
+    # figures on the fold of DProtoNet's state after its run's last step (the last epoch's, no selection): what a
+    # model trained with the recipe for its full epochs scores; sensitivity too, which the per-epoch curve lacks
+    dprotonet_last: dict | None = None
 
 
 def by_epoch(history: Sequence[dict], phase: str | None = None) -> dict[int, float]:
@@ -91,6 +94,11 @@ def summarise(folds: Sequence[FoldFigures]) -> dict:
         best = max(per_epoch, key=lambda e: (per_epoch[e]["mean"], e)) if per_epoch else None
         summary[model] = {"selected_in_fold": selected, "accuracy_by_epoch": per_epoch, "best_fixed_epoch": best,
                           "at_best_fixed_epoch": per_epoch.get(best)}
+    last = [f.dprotonet_last for f in folds]
+    if "dprotonet" in summary and last and all(last):
+        summary["dprotonet"]["at_last_epoch"] = {
+            name: mean_sd([r[name] for r in last]) for name in ("accuracy", "sensitivity", "specificity")
+            if all(r.get(name) is not None for r in last)}
     if "dprotonet" in summary and "baseline" in summary:
         d = summary["dprotonet"]["selected_in_fold"].get("accuracy", {}).get("mean")
         b = summary["baseline"]["selected_in_fold"].get("accuracy", {}).get("mean")
@@ -141,9 +149,33 @@ def run_folds(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(figures.__dict__, indent=1))
     stored = [load_figures(p) for p in sorted(out.glob("fold-*/figures.json"))]
-    summary = {**summarise(stored), "k": k, "seed": seed, "folds_done": [f.fold for f in stored]}
+    summary = {**summarise(stored), "k": k, "seed": seed, "folds_done": [f.fold for f in stored],
+               "fold_seconds": [f.seconds for f in stored]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def add_last_state_figures(out: Path, k: int, measure: Callable[[Path, list[int]], dict | None]) -> list[int]:
+    """Fill `dprotonet_last` into stored folds that lack it (runs made before it was recorded), from
+    `measure(fold folder, validation indices)` (None: the fold's last state is not on disk). Returns the folds
+    filled."""
+    folds_file = Path(out) / "folds.json"
+    if not folds_file.is_file():
+        return []
+    folds = json.loads(folds_file.read_text())["folds"]
+    filled = []
+    for fold in range(min(k, len(folds))):
+        path = Path(out) / f"fold-{fold}" / "figures.json"
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        if data.get("dprotonet_last"):
+            continue
+        figures = measure(path.parent, folds[fold])
+        if figures is not None:
+            path.write_text(json.dumps({**data, "dprotonet_last": figures}, indent=1))
+            filled.append(fold)
+    return filled
 
 
 def load_figures(path: Path) -> FoldFigures:
@@ -180,6 +212,13 @@ def card_record(folder: Path, plan: dict) -> dict:
             record[model] = {"selected_in_fold": summary[model]["selected_in_fold"],
                              "best_fixed_epoch": summary[model]["best_fixed_epoch"],
                              "at_best_fixed_epoch": summary[model]["at_best_fixed_epoch"]}
+            if "at_last_epoch" in summary[model]:
+                record[model]["at_last_epoch"] = summary[model]["at_last_epoch"]
+            by_epoch_curve = summary[model].get("accuracy_by_epoch", {})
+            if by_epoch_curve:
+                record[model]["accuracy_at_last_epoch"] = by_epoch_curve[max(by_epoch_curve, key=int)]
+    if summary.get("fold_seconds") is not None:
+        record["fold_seconds"] = summary["fold_seconds"]  # each fold's run (a resumed fold: from its resumption)
     for name in ("dprotonet_minus_baseline_accuracy", "dprotonet_minus_baseline_at_last_epoch"):
         if name in summary:
             record[name] = summary[name]

@@ -140,13 +140,18 @@ def test_cross_validate_trains_dprotonet_and_its_backbone_on_the_same_folds(tmp_
     for model in ("dprotonet", "baseline"):
         assert 0.0 <= first[model]["accuracy"] <= 1.0 and first[model]["images"] == 10
     assert first["baseline_by_epoch"] == {"1": first["baseline_by_epoch"]["1"], "2": first["baseline_by_epoch"]["2"]}
+    # the last epoch's state, measured on the fold: its accuracy is the curve's last point
+    assert first["dprotonet_last"]["images"] == 10
+    assert first["dprotonet_last"]["accuracy"] == pytest.approx(first["dprotonet_by_epoch"]["2"])
     assert main(argv) == 0  # fold 0 is kept, fold 1 trains
     summary = json.loads((out / "summary.json").read_text())
     assert summary["folds_done"] == [0, 1] and summary["plan"]["epochs"] == 2
     accs = [json.loads((out / f"fold-{k}" / "figures.json").read_text())["dprotonet"]["accuracy"] for k in (0, 1)]
     assert summary["dprotonet"]["selected_in_fold"]["accuracy"]["mean"] == pytest.approx(sum(accs) / 2)
     printed = capsys.readouterr().out
-    assert "dprotonet: accuracy" in printed and "DProtoNet minus backbone at epoch 2 of the same fold" in printed
+    assert summary["dprotonet"]["at_last_epoch"]["accuracy"]["n"] == 2
+    assert "dprotonet: accuracy" in printed and "dprotonet after the last epoch: sensitivity" in printed
+    assert "DProtoNet minus backbone at epoch 2 of the same fold" in printed
     stored = [json.loads((out / f"fold-{k}" / "figures.json").read_text()) for k in (0, 1)]
     gaps = [f["dprotonet_by_epoch"]["2"] - f["baseline_by_epoch"]["2"] for f in stored]
     assert summary["dprotonet_minus_baseline_by_epoch"]["2"]["mean"] == pytest.approx(sum(gaps) / 2)

@@ -123,3 +123,28 @@ def test_card_record_carries_both_models_figures_and_refuses_another_recipe_or_m
     assert record["dprotonet_minus_baseline_at_last_epoch"]["mean"] == pytest.approx(0.9 - 0.95)  # epoch 10
     with pytest.raises(ValueError, match="epochs"):
         card_record(tmp_path, {**plan, "epochs": 70})
+
+
+def test_last_state_figures_fill_only_stored_folds_without_them(tmp_path):
+    from dprotonet_core.train.cross_validation import add_last_state_figures, load_figures
+
+    def train_fold(fold, train, val, folder):
+        return _fold(fold, 0.9, 0.95, {10: 0.9}, {10: 0.95})
+
+    run_folds(20, [0, 1] * 10, 2, 0, tmp_path, train_fold, only=[0])
+    seen = []
+
+    def measure(folder, val):
+        seen.append((folder.name, len(val)))
+        return {"accuracy": 0.8, "sensitivity": 0.7, "specificity": 0.9, "images": len(val)}
+
+    assert add_last_state_figures(tmp_path, 2, measure) == [0]  # fold 1 is not stored: nothing to measure
+    assert seen == [("fold-0", 10)]
+    assert load_figures(tmp_path / "fold-0" / "figures.json").dprotonet_last["sensitivity"] == 0.7
+    assert add_last_state_figures(tmp_path, 2, measure) == []  # filled once
+    summary = run_folds(20, [0, 1] * 10, 2, 0, tmp_path, lambda *a: _fold(1, 0.9, 0.95, {10: 0.9}, {10: 0.95}))
+    assert "at_last_epoch" not in summary["dprotonet"]  # fold 1 has no last-state figures: no mean over some folds
+    assert add_last_state_figures(tmp_path, 2, measure) == [1]
+    summary = run_folds(20, [0, 1] * 10, 2, 0, tmp_path, train_fold)
+    assert summary["dprotonet"]["at_last_epoch"]["sensitivity"]["mean"] == pytest.approx(0.7)
+    assert summary["fold_seconds"] == [1.0, 1.0]
