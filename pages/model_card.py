@@ -23,7 +23,7 @@ performance = review.performance_rows(card)
 if performance:
     st.markdown("**Measured performance**")
     st.dataframe(performance, hide_index=True, width="stretch")
-    st.caption(review.PERFORMANCE_CAPTION)
+    st.caption(review.performance_caption(card))
 for title, fields in review.card_sections(card):
     with st.expander(title, expanded=title in ("Intended use and limits", "What it accepts, and how it decides")):
         for key, value in fields.items():

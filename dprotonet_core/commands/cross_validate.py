@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from dprotonet_core.commands.make_demo import SHARED, DemoPlan, plan_configs
+from dprotonet_core.commands.make_demo import SHARED, palm_plan, plan_configs
 
 
 def register(subparsers) -> None:
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     overrides = {"epochs": args.epochs, "views": args.views, "backbone": args.backbone, "input_size": args.input_size}
-    plan = dataclasses.replace(DemoPlan(args.plan, args.plan), baseline=not args.no_baseline,
+    plan = dataclasses.replace(palm_plan(), baseline=not args.no_baseline,
                                **{k: v for k, v in overrides.items() if v is not None})
     data = load_dataset(plan.dataset, args.data, "all", plan.input_size, transform=None)
     for i in range(len(data)):  # decode once: every fold reads the same pixels

@@ -79,6 +79,20 @@ class DemoPlan:
     distinct_sources: bool = True  # no two prototypes of a class from the same image (config.py)
     threshold_rule: str | None = None  # "youden": a threshold on p(class 1) chosen on validation; None: argmax
 
+    @property
+    def holds_out(self) -> bool:
+        """False for a plan that trains on every image (no validation, no test split): its fixed epochs and its
+        figures come from a cross-validation of the same recipe."""
+        return self.val_fraction > 0 or self.test_fraction > 0
+
+
+def palm_plan() -> DemoPlan:
+    """The iChallenge-PM checkpoint's plan: the recipe cross-validated on the 400 PALM photographs (cross-validate,
+    issue 16), trained on all 400 of them for its fixed epochs (the last state, no selection on any split). The
+    data holds no other PALM images, so there is no held-out test split: the card's figures are the
+    cross-validation's (--palm-cross-validation); the backbone-only baseline was measured there, fold by fold."""
+    return DemoPlan("ichallenge-pm", "ichallenge-pm", val_fraction=0.0, test_fraction=0.0, baseline=False)
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("make-demo", help="rebuild the bundled demo checkpoints and samples from scratch")
@@ -131,7 +145,7 @@ def plan_configs(plan: DemoPlan, classes, train_labels):
 
 def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads: int, profile: str) -> dict:
     """Train, measure and write one demo checkpoint; returns its card."""
-    from dprotonet_core.checkpoint import load_checkpoint, save_checkpoint
+    from dprotonet_core.checkpoint import load_checkpoint
     from dprotonet_core.data.registry import load_dataset
     from dprotonet_core.evaluate.held_out import held_out_metrics, projection_comparison
     from dprotonet_core.evaluate.metrics import choose_threshold
@@ -145,10 +159,15 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
     (out / "train_log.jsonl").unlink(missing_ok=True)
     shutil.rmtree(out / "evaluation", ignore_errors=True)
     split = {"seed": plan.seed, "val_fraction": plan.val_fraction, "test_fraction": plan.test_fraction}
-    train_ds, val_ds, test_ds = (load_dataset(plan.dataset, data_root, s, plan.input_size, transform=None, **split)
-                                 for s in ("train", "val", "test"))
+    holdout = plan.holds_out
+    if holdout:
+        train_ds, val_ds, test_ds = (load_dataset(plan.dataset, data_root, s, plan.input_size, transform=None,
+                                                  **split) for s in ("train", "val", "test"))
+    else:  # every image trains the model, for the plan's fixed epochs; the estimate is the cross-validation's
+        train_ds, val_ds, test_ds = load_dataset(plan.dataset, data_root, "all", plan.input_size, transform=None), \
+            None, None
     for dataset in (train_ds, val_ds, test_ds):  # decode once here: DataLoader workers fork with the cache filled
-        for i in range(len(dataset)):
+        for i in range(len(dataset or ())):
             dataset[i]
     model_cfg, train_cfg, loss_cfg, augment = plan_configs(plan, train_ds.classes, train_ds.labels)
     weights = loss_cfg.class_weights
@@ -169,6 +188,8 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
             "meaning": f"the model answers {train_ds.classes[1]!r} when p({train_ds.classes[1]}) >= this value "
                        "(instead of the paper's argmax of eq. 3, i.e. 0.5)"}
     metrics = dict(card.get("metrics", {}))
+    if not holdout:
+        return _finish_without_holdout(plan, ckpt, card, metrics, train_ds, out, profile, t_start)
     test = held_out_metrics(ckpt.model, test_ds, threshold)
     metrics.update({f"test_{k}": v for k, v in test.items()})
     metrics["test_measured_on"] = "held-out test split: never used for training or model selection (fp16 weights)"
@@ -195,10 +216,45 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
                                        "test_ids": [str(i) for i in test_ds.ids]}}
     if weights is not None:
         card["loss_config"] = {**card.get("loss_config", {}), "class_weights": list(weights)}
+    card["ood"] = ood_record(ckpt.model, train_ds, val_ds)
+    _release(plan, ckpt, card, vectors, mdm_seconds, out, profile, t_start)
+    print(json.dumps({"checkpoint": str(out), "val_accuracy": result.val_accuracy, **{k: v for k, v in
+                      metrics.items() if k.startswith(("test_", "baseline_", "table4"))}}), flush=True)
+    return card
+
+
+def _finish_without_holdout(plan: DemoPlan, ckpt, card: dict, metrics: dict, train_ds, out: Path, profile: str,
+                            t_start: float) -> dict:
+    """The card of a model trained on every image for the plan's fixed epochs (no validation, no test split in the
+    data): its figures are the cross-validation's (card["cross_validation"], the same recipe on K folds)."""
+    cv = card.get("cross_validation")
+    metrics["test_measured_on"] = (
+        f"no held-out split in the data: all {len(train_ds)} images trained the model, for the plan's "
+        f"{plan.epochs} epochs (its last state, no selection); its expected figures are the "
+        + (f"{cv['k']}-fold cross-validation's of the same recipe (card: cross_validation)" if cv else
+           "cross-validation's of the same recipe, which this build was not given (--palm-cross-validation)"))
+    card["metrics"] = metrics
+    card["training_data"] = {**card.get("training_data", {}),
+                             "split": {**card.get("training_data", {}).get("split", {}), "test_fraction": 0.0,
+                                       "test_ids": []}}
+    vectors, mdm_seconds = prototype_side(ckpt, profile)
+    card["ood"] = ood_record(ckpt.model, train_ds, None)
+    _release(plan, ckpt, card, vectors, mdm_seconds, out, profile, t_start)
+    print(json.dumps({"checkpoint": str(out), "trained_on_all": len(train_ds),
+                      "cross_validation": None if cv is None else cv.get("dprotonet", {}).get("at_last_epoch")}),
+          flush=True)
+    return card
+
+
+def _release(plan: DemoPlan, ckpt, card: dict, vectors, mdm_seconds: float, out: Path, profile: str,
+             t_start: float) -> None:
+    """Write the release: the card's build records, the weights in fp16 with the prototype side; the trainer's
+    resumable state removed."""
+    from dprotonet_core.checkpoint import save_checkpoint
+
     card["demo_plan"] = dataclasses.asdict(plan)
     card["prototype_mdm"] = prototype_mdm_record(profile, mdm_seconds)
     card["prototype_sources"] = distinct_source_counts(ckpt)
-    card["ood"] = ood_record(ckpt.model, train_ds, val_ds)
     card["build_seconds"] = round(time.perf_counter() - t_start, 1)
     images = [ckpt.prototype_image(i) for i in range(len(ckpt.prototypes))]
     for name in ("model.safetensors", "card.json"):
@@ -206,21 +262,27 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
     shutil.rmtree(out / "prototypes")
     save_checkpoint(ckpt.model, out, card, ckpt.prototypes, images, vectors, dtype="float16")
     shutil.rmtree(out / "resume", ignore_errors=True)  # the trainer's resumable state, not part of a release
-    print(json.dumps({"checkpoint": str(out), "val_accuracy": result.val_accuracy, **{k: v for k, v in
-                      metrics.items() if k.startswith(("test_", "baseline_", "table4"))}}), flush=True)
-    return card
 
 
 def ood_record(model, train_ds, val_ds) -> dict:
-    """The card's out-of-distribution record: the score's quantiles over the training and validation images."""
+    """The card's out-of-distribution record: the score's quantiles over the training and validation images. A
+    model trained on every image (val_ds None or empty) takes its flag threshold from the training images' scores,
+    and the record says so."""
     from dprotonet_core import ood
 
     def images(dataset):
         return torch.stack([dataset[i][0] for i in range(len(dataset))])
 
     stats = ood.feature_stats(ood.image_features(model, images(train_ds)))
-    return ood.card_record(ood.score_images(model, images(train_ds), stats=stats),
-                           ood.score_images(model, images(val_ds), stats=stats), ood.DEFAULT_SCORE, stats)
+    train_scores = ood.score_images(model, images(train_ds), stats=stats)
+    if val_ds is None or len(val_ds) == 0:
+        record = ood.card_record(train_scores, train_scores, ood.DEFAULT_SCORE, stats)
+        record.update({"flag_above": f"training {ood.FLAG_QUANTILE} (no validation images: every image trained "
+                                     "the model)", "validation_images": 0})
+        record.pop("validation_quantiles")
+        return record
+    return ood.card_record(train_scores, ood.score_images(model, images(val_ds), stats=stats), ood.DEFAULT_SCORE,
+                           stats)
 
 
 def refresh_card_checks(folder: Path, plan: DemoPlan, data_root: Path, accepts: dict) -> dict:
@@ -230,11 +292,17 @@ def refresh_card_checks(folder: Path, plan: DemoPlan, data_root: Path, accepts: 
     from dprotonet_core.data.registry import load_dataset
 
     ck = load_checkpoint(folder)
-    split = {"seed": plan.seed, "val_fraction": plan.val_fraction, "test_fraction": plan.test_fraction}
-    train_ds, val_ds = (load_dataset(plan.dataset, data_root, s, ck.model.config.input_size, transform=None, **split)
-                        for s in ("train", "val"))
-    expected = ck.card.get("training_data", {}).get("split", {}).get("val_ids")
-    if expected and sorted(map(str, expected)) != sorted(map(str, val_ds.ids)):
+    recorded = ck.card.get("training_data", {}).get("split", {})  # the split the checkpoint was trained with
+    split = {"seed": int(ck.card.get("seed", plan.seed)), "val_fraction": float(recorded.get("val_fraction") or 0.0),
+             "test_fraction": float(recorded.get("test_fraction") or 0.0)}
+    size = ck.model.config.input_size
+    if split["val_fraction"] or split["test_fraction"]:
+        train_ds, val_ds = (load_dataset(plan.dataset, data_root, s, size, transform=None, **split)
+                            for s in ("train", "val"))
+    else:  # trained on every image
+        train_ds, val_ds = load_dataset(plan.dataset, data_root, "all", size, transform=None), None
+    expected = recorded.get("val_ids")
+    if expected and sorted(map(str, expected)) != sorted(map(str, val_ds.ids if val_ds is not None else [])):
         raise RuntimeError(f"{folder}: the plan's validation split is not the card's; refusing to measure on it")
     full = json.loads((folder / CARD_FILE).read_text())
     full["accepts"] = accepts
@@ -306,9 +374,25 @@ def rsna_card() -> dict:
 SAMPLE_FIELDS = ["file", "label", "dataset", "credit", "boxes"]
 
 
-def write_samples(samples: Path, palm_root: Path, palm_test_ids, rsna_test, headers_csv: Path) -> None:
-    """A few held-out inputs for the app: PALM photographs and real RSNA radiographs from the RSNA test split
-    (as DICOM files a PACS would send, and one as JPEG), all credited; true boxes in each file's own pixels."""
+def palm_sample_credit(checkpoint: Path) -> str:
+    """The PALM samples' credit, saying whether the bundled checkpoint trained on them (a model trained on all 400
+    photographs has seen every PALM sample; one with a test split has not seen those drawn from it)."""
+    card_file = Path(checkpoint) / "card.json"
+    data = {}
+    if card_file.is_file():
+        data = json.loads(card_file.read_text()).get("training_data") or {}
+    split = data.get("split") or {}
+    if split and not split.get("test_fraction") and not split.get("val_fraction"):
+        return (f"{PALM_CREDIT}; one of the {data.get('images', 'all')} photographs the bundled iChallenge-PM "
+                "checkpoint was trained on, so not an image it has never seen")
+    return f"{PALM_CREDIT}; from the bundled checkpoint's held-out test split"
+
+
+def write_samples(samples: Path, palm_root: Path, palm_test_ids, rsna_test, headers_csv: Path,
+                  palm_credit: str = PALM_CREDIT) -> None:
+    """A few inputs for the app: PALM photographs (`palm_credit` says whether the bundled model trained on them)
+    and real RSNA radiographs from the RSNA test split (as DICOM files a PACS would send, and one as JPEG), all
+    credited; true boxes in each file's own pixels."""
     from dprotonet_core.data.sample_dicom import rsna_sample_dicom
 
     samples.mkdir(parents=True, exist_ok=True)
@@ -318,7 +402,7 @@ def write_samples(samples: Path, palm_root: Path, palm_test_ids, rsna_test, head
     for image_id, label in palm_test_ids:
         src = next(palm_root.glob(f"{image_id}*"))
         shutil.copyfile(src, samples / src.name)
-        rows.append({"file": src.name, "label": label, "dataset": "ichallenge-pm", "credit": PALM_CREDIT,
+        rows.append({"file": src.name, "label": label, "dataset": "ichallenge-pm", "credit": palm_credit,
                      "boxes": "[]"})
     headers = _rsna_headers(headers_csv, {it.id for it in rsna_test.items})
     for n, (index, as_jpeg) in enumerate(_pick_rsna(rsna_test), start=1):
@@ -400,7 +484,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"epochs": args.epochs, "views": args.views, "backbone": args.backbone, "input_size": args.input_size}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     plans = {
-        "ichallenge-pm": dataclasses.replace(DemoPlan("ichallenge-pm", "ichallenge-pm"), **overrides),
+        "ichallenge-pm": dataclasses.replace(palm_plan(), **overrides),
         "rsna-pneumonia": dataclasses.replace(rsna_plan(args.chest_backbone), **overrides),
     }
     t0 = time.perf_counter()
@@ -425,7 +509,8 @@ def run(args: argparse.Namespace) -> int:
         split = {"seed": 0, "val_fraction": 0.2, "test_fraction": 0.2, "transform": None}
         palm_test = load_dataset("ichallenge-pm", args.palm, "test", 224, **split)
         rsna_test = load_dataset("rsna", args.rsna_data, "test", 224, transform=None, **RSNA_SPLIT)
-        write_samples(args.samples, args.palm, _pick(palm_test, 2), rsna_test, RSNA_HEADERS)
+        write_samples(args.samples, args.palm, _pick(palm_test, 2), rsna_test, RSNA_HEADERS,
+                      palm_sample_credit(args.out / "ichallenge-pm"))
     if args.only == "checks":
         for name, root, accepts in (("ichallenge-pm", args.palm, PALM_ACCEPTS),
                                     ("rsna-pneumonia", args.rsna_data, RSNA_ACCEPTS)):

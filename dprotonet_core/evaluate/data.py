@@ -87,10 +87,23 @@ def _split_options(card: dict) -> dict:
     return options
 
 
+def trained_on_every_image(card: dict) -> bool:
+    """The card says the checkpoint trained on every image of its dataset (no validation, no test split)."""
+    split = (card.get("training_data") or {}).get("split") or {}
+    return split.get("val_fraction") == 0 and not split.get("test_fraction") and "val_fraction" in split
+
+
 def load_eval_data(name: str, root: str | Path, split: str, size: int, card: dict) -> EvalData:
     """The evaluation split of dataset `name` at `root`, images at `size` x `size` px."""
     notes: list[str] = []
     options = _split_options(card)
+    if trained_on_every_image(card):
+        if split != "all":
+            raise ValueError(f"this checkpoint was trained on every image of its dataset (no {split!r} split is held "
+                             "out): evaluate it on other images with --split all, or on its training images with "
+                             "--split all and say so")
+        notes.append("the checkpoint was trained on every image of its dataset: if these are those images, the "
+                     "figures are on training images")
     if split == "val" and held_out_ids(card):
         dataset = load_dataset(name, root, split="all", size=size, transform=None, **options)
         wanted = set(held_out_ids(card))

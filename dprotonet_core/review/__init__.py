@@ -23,6 +23,8 @@ from dprotonet_core.review.card import (  # noqa: F401
     card_label,
     card_sections,
     card_value_markdown,
+    cross_validation_rows,
+    performance_caption,
     performance_rows,
     prototype_provenance,
 )

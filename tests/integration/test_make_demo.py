@@ -4,6 +4,7 @@ evaluation reports instead of mixing them with the new weights (dprotonet_core/c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -52,6 +53,39 @@ def test_build_measures_test_and_baseline_and_replaces_the_old_release(tmp_path)
     shipped = load_checkpoint(out)  # verifies every hash; no pickle
     assert shipped.card["metrics"]["baseline_test_accuracy"] == metrics["baseline_test_accuracy"]
     assert shipped.classes == ["non-PM", "PM"] and not (out / "resume").exists()
+
+
+def test_palm_plan_trains_on_every_image_and_takes_its_figures_from_the_cross_validation(tmp_path):
+    """The shipped PALM plan's shape (no validation, no test split, no baseline) on tiny PALM-named images: all 40
+    train the model for its fixed epochs, the card says there is no held-out split and carries the cross-validation
+    record, the OOD threshold comes from the training images and says so, and the samples' credit says the
+    checkpoint trained on them; `evaluate` refuses a held-out split the checkpoint does not have."""
+    from dprotonet_core.review.card import performance_rows
+
+    data = tmp_path / "palm"
+    _palm_like(data)
+    out = tmp_path / "checkpoints" / "ichallenge-pm"
+    plan = dataclasses.replace(make_demo.palm_plan(), backbone="tiny_cnn", input_size=32, epochs=2, batch_size=8,
+                               views=2)
+    cv = {"k": 5, "images": 40, "dprotonet": {"at_last_epoch": {"accuracy": {"mean": 0.97, "sd": 0.01, "min": 0.96,
+                                                                             "max": 0.98, "n": 5}}}}
+    card = make_demo.build(plan, data, out, {**make_demo.palm_card(), "cross_validation": cv}, threads=1,
+                           profile="fast")
+    assert plan.holds_out is False and plan.baseline is False
+    assert card["metrics"]["train_images"] == 40 and card["metrics"]["val_images"] == 0
+    assert "test_accuracy" not in card["metrics"] and "table4_test_accuracy" not in card["metrics"]
+    assert "no held-out split" in card["metrics"]["test_measured_on"]
+    assert "5-fold cross-validation" in card["metrics"]["test_measured_on"]
+    assert card["training_data"]["split"]["test_ids"] == [] and card["training_data"]["split"]["val_fraction"] == 0
+    assert card["ood"]["validation_images"] == 0 and card["ood"]["flag_above"].startswith("training")
+    shipped = load_checkpoint(out)
+    assert shipped.card["cross_validation"] == cv and not (out / "resume").exists()
+    assert any("cross-validation" in row["Measured on"] for row in performance_rows(shipped.card))
+    assert "was trained on" in make_demo.palm_sample_credit(out)
+    with pytest.raises(ValueError, match="trained on every image"):
+        from dprotonet_core.evaluate.data import load_eval_data
+
+        load_eval_data("ichallenge-pm", data, "test", 32, shipped.card)
 
 
 def _rsna_like(root, n: int = 48) -> None:

@@ -276,6 +276,34 @@ def test_performance_rows_read_the_card_in_order_and_skip_what_is_missing():
     assert odd[0]["95% interval"] == "" and [r["Value"] for r in odd] == ["700.0%", "60.0%", "50.0%"]
 
 
+def test_cross_validated_rows_come_first_with_their_spread_and_the_caption_says_what_the_column_means():
+    def fig(mean, sd, lo, hi):
+        return {"mean": mean, "sd": sd, "min": lo, "max": hi, "n": 5}
+
+    cv = {"k": 5, "images": 400, "recipe": {"epochs": 40},
+          "dprotonet": {"at_last_epoch": {"accuracy": fig(0.975, 0.0125, 0.9625, 0.9875),
+                                          "sensitivity": fig(0.97, 0.02, 0.95, 1.0)},
+                        "selected_in_fold": {"accuracy": fig(0.98, 0.01, 0.97, 0.99)}},
+          "baseline": {"accuracy_at_last_epoch": fig(0.98, 0.01, 0.9625, 0.9875)},
+          "dprotonet_minus_baseline_at_last_epoch": {"mean": -0.005, "sd": 0.01, "min": -0.0125, "max": 0.0125}}
+    card = {"cross_validation": cv, "training_data": {"split": {"val_fraction": 0.0, "test_fraction": 0.0}},
+            "metrics": {"val_images": 0}}
+    rows = review.performance_rows(card)
+    assert [r["Value"] for r in rows] == ["97.5%", "97.0%", "98.0%", "-0.5 points", "98.0%"]
+    assert rows[0]["Measure"] == "Accuracy, cross-validated"
+    assert rows[0]["95% interval"] == "sd 1.2 points; folds 96.2% to 98.8%"
+    assert "5-fold cross-validation over 400 images" in rows[0]["Measured on"]
+    assert "after the last epoch (40), no selection" in rows[0]["Measured on"]
+    assert "Table 3" in rows[2]["Measure"] and "paired by fold" in rows[3]["Measured on"]
+    assert "optimistic" in rows[4]["Measured on"]
+    assert review.performance_caption(card) == review.card.CROSS_VALIDATION_CAPTION
+    assert review.performance_caption({}) == review.PERFORMANCE_CAPTION
+    held_out = {**card, "training_data": {"split": {"val_fraction": 0.2, "test_fraction": 0.2}}}
+    assert review.performance_caption(held_out).startswith(review.PERFORMANCE_CAPTION)
+    assert "spread over the folds" in review.performance_caption(held_out)
+    assert review.cross_validation_rows("garbage") == []
+
+
 def test_evaluation_absent_then_read(checkpoint_dir, tmp_path):
     import shutil
 
