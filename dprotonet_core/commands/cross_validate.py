@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from dprotonet_core.checkpoint import load_checkpoint
     from dprotonet_core.data.registry import load_dataset
     from dprotonet_core.evaluate.held_out import held_out_metrics
-    from dprotonet_core.train.cross_validation import FoldFigures, add_last_state_figures, by_epoch, run_folds
+    from dprotonet_core.train.cross_validation import FoldFigures, by_epoch, fill_missing, push_effects, run_folds
     from dprotonet_core.train.data import SubsetView
     from dprotonet_core.train.loop import TrainOptions, train
     from dprotonet_core.train.resume import read_state
@@ -91,20 +91,27 @@ def run(args: argparse.Namespace) -> int:
         baseline = None
         if result.baseline_model is not None:
             baseline = held_out_metrics(result.baseline_model.cpu(), val_view)
-        log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line]
+        log = _read_log(folder / "train_log.jsonl")
         figures = FoldFigures(fold=fold, train_images=len(train_idx), val_images=len(val_idx), dprotonet=selected,
                               baseline=baseline, dprotonet_by_epoch=by_epoch(log),
                               baseline_by_epoch=by_epoch(log, "baseline"), seconds=round(time.perf_counter() - t0, 1),
                               resumed_at_step=None if saved is None else saved[0]["next_step"],
-                              dprotonet_last=last_state(folder, val_idx))
+                              dprotonet_last=last_state(folder, val_idx), push_effects=push_effects(log))
         print(json.dumps({"fold": fold, "dprotonet_accuracy": selected.get("accuracy"),
                           "baseline_accuracy": None if baseline is None else baseline.get("accuracy"),
                           "seconds": figures.seconds}), flush=True)
         return figures
 
-    filled = add_last_state_figures(args.out, args.folds, last_state)  # folds stored before this was recorded
-    if filled:
-        print(json.dumps({"last_state_measured_for_folds": filled}), flush=True)
+    def logged_push_effects(folder: Path, _val_idx: list[int]) -> dict | None:
+        log = folder / "train_log.jsonl"
+        if not log.is_file():
+            return None
+        return push_effects(_read_log(log)) or None
+
+    for field, measure in (("dprotonet_last", last_state), ("push_effects", logged_push_effects)):
+        filled = fill_missing(args.out, args.folds, field, measure)  # folds stored before the field was recorded
+        if filled:
+            print(json.dumps({"filled": field, "folds": filled}), flush=True)
     summary = run_folds(len(data), keys, args.folds, args.seed, args.out, train_fold, args.only)
     summary["plan"] = dataclasses.asdict(plan)
     summary["stratified_by"] = "class and the file's letter (P pathologic myopia, N normal, H high myopia)"
@@ -120,8 +127,15 @@ def run(args: argparse.Namespace) -> int:
     for name, fig in summary.get("dprotonet", {}).get("at_last_epoch", {}).items():
         print(f"dprotonet after the last epoch: {name} {fig['mean']:.4f} +- {fig['sd']:.4f} over {fig['n']} folds",
               flush=True)
+    for epoch, effect in summary.get("push_effects", {}).items():
+        parts = [f"{name.replace('_', ' ')} {fig['mean']:+.4f} +- {fig['sd']:.4f}" for name, fig in effect.items()]
+        print(f"prototype update at epoch {epoch}: " + "; ".join(parts), flush=True)
     paired = summary.get("dprotonet_minus_baseline_by_epoch", {})
     for epoch, diff in paired.items():
         print(f"DProtoNet minus backbone at epoch {epoch} of the same fold: {diff['mean']:+.4f} +- {diff['sd']:.4f} "
               f"(min {diff['min']:+.4f}, max {diff['max']:+.4f})", flush=True)
     return 0
+
+
+def _read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line]

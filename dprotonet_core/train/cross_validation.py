@@ -55,6 +55,9 @@ class FoldFigures:
     # figures on the fold of DProtoNet's state after its run's last step (the last epoch's, no selection): what a
     # model trained with the recipe for its full epochs scores; sensitivity too, which the per-epoch curve lacks
     dprotonet_last: dict | None = None
+    # per prototype update (by epoch): fold accuracy of the joint epoch before it, right after projection, and after
+    # the last-layer-only epochs that follow (push_effects): where projection costs accuracy and what f_h recovers
+    push_effects: dict[int, dict] | None = None
 
 
 def by_epoch(history: Sequence[dict], phase: str | None = None) -> dict[int, float]:
@@ -69,6 +72,47 @@ def by_epoch(history: Sequence[dict], phase: str | None = None) -> dict[int, flo
         elif phase is None and entry.get("phase") != "baseline" and entry.get("projected"):
             out[int(entry["epoch"])] = float(entry["val_accuracy"])
     return out
+
+
+def push_effects(history: Sequence[dict]) -> dict[int, dict]:
+    """From a DProtoNet training log: for each prototype update (push) at epoch e, the validation accuracy of epoch
+    e's training epoch before it ("before": prototypes not yet projected), of the push itself ("projected"), and
+    after the last-layer-only epochs that follow ("last_layer"; the push's figure when there are none)."""
+    out: dict[int, dict] = {}
+    before: dict[int, float] = {}
+    for entry in history:
+        acc, epoch, phase = entry.get("val_accuracy"), int(entry.get("epoch", 0)), entry.get("phase")
+        if acc is None or phase == "baseline":
+            continue
+        if phase in ("warm", "joint"):
+            before[epoch] = float(acc)
+        elif phase == "push" and epoch in before:
+            out[epoch] = {"before": before[epoch], "projected": float(acc), "last_layer": float(acc)}
+        elif phase == "last_layer" and epoch in out:
+            out[epoch]["last_layer"] = float(acc)
+    return out
+
+
+def push_effect_summary(folds: Sequence[FoldFigures]) -> dict[int, dict]:
+    """Over folds, at every push epoch all folds have: the accuracy change from projecting the prototypes
+    (projected - before), from the last-layer epochs (last_layer - projected), both together, and the unprojected
+    network against the backbone-only classifier at the same epoch (before - baseline), each as mean_sd."""
+    effects = [f.push_effects for f in folds]
+    if not effects or not all(effects):
+        return {}
+    common = set.intersection(*(set(e) for e in effects))
+    summary: dict[int, dict] = {}
+    for epoch in sorted(common):
+        rows = [e[epoch] for e in effects]
+        summary[epoch] = {
+            "projection": mean_sd([r["projected"] - r["before"] for r in rows]),
+            "last_layer_epochs": mean_sd([r["last_layer"] - r["projected"] for r in rows]),
+            "both": mean_sd([r["last_layer"] - r["before"] for r in rows]),
+        }
+        if all(epoch in f.baseline_by_epoch for f in folds):
+            summary[epoch]["unprojected_minus_baseline"] = mean_sd(
+                [e[epoch]["before"] - f.baseline_by_epoch[epoch] for e, f in zip(effects, folds)])
+    return summary
 
 
 def mean_sd(values: Sequence[float]) -> dict:
@@ -108,6 +152,9 @@ def summarise(folds: Sequence[FoldFigures]) -> dict:
         if paired:
             summary["dprotonet_minus_baseline_by_epoch"] = paired
             summary["dprotonet_minus_baseline_at_last_epoch"] = paired[max(paired)]
+    effects = push_effect_summary(folds)
+    if effects:
+        summary["push_effects"] = effects
     return summary
 
 
@@ -155,10 +202,9 @@ def run_folds(
     return summary
 
 
-def add_last_state_figures(out: Path, k: int, measure: Callable[[Path, list[int]], dict | None]) -> list[int]:
-    """Fill `dprotonet_last` into stored folds that lack it (runs made before it was recorded), from
-    `measure(fold folder, validation indices)` (None: the fold's last state is not on disk). Returns the folds
-    filled."""
+def fill_missing(out: Path, k: int, field: str, measure: Callable[[Path, list[int]], object | None]) -> list[int]:
+    """Fill `field` into stored folds that lack it (runs made before it was recorded), from
+    `measure(fold folder, validation indices)` (None: what it needs is not on disk). Returns the folds filled."""
     folds_file = Path(out) / "folds.json"
     if not folds_file.is_file():
         return []
@@ -169,11 +215,11 @@ def add_last_state_figures(out: Path, k: int, measure: Callable[[Path, list[int]
         if not path.is_file():
             continue
         data = json.loads(path.read_text())
-        if data.get("dprotonet_last"):
+        if data.get(field):
             continue
         figures = measure(path.parent, folds[fold])
         if figures is not None:
-            path.write_text(json.dumps({**data, "dprotonet_last": figures}, indent=1))
+            path.write_text(json.dumps({**data, field: figures}, indent=1))
             filled.append(fold)
     return filled
 
@@ -182,6 +228,8 @@ def load_figures(path: Path) -> FoldFigures:
     data = json.loads(Path(path).read_text())
     for name in ("dprotonet_by_epoch", "baseline_by_epoch"):
         data[name] = {int(e): float(a) for e, a in data[name].items()}
+    if data.get("push_effects"):
+        data["push_effects"] = {int(e): v for e, v in data["push_effects"].items()}
     return FoldFigures(**data)
 
 
@@ -219,7 +267,7 @@ def card_record(folder: Path, plan: dict) -> dict:
                 record[model]["accuracy_at_last_epoch"] = by_epoch_curve[max(by_epoch_curve, key=int)]
     if summary.get("fold_seconds") is not None:
         record["fold_seconds"] = summary["fold_seconds"]  # each fold's run (a resumed fold: from its resumption)
-    for name in ("dprotonet_minus_baseline_accuracy", "dprotonet_minus_baseline_at_last_epoch"):
+    for name in ("dprotonet_minus_baseline_accuracy", "dprotonet_minus_baseline_at_last_epoch", "push_effects"):
         if name in summary:
             record[name] = summary[name]
     return record

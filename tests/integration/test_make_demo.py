@@ -176,6 +176,9 @@ def test_cross_validate_trains_dprotonet_and_its_backbone_on_the_same_folds(tmp_
     assert first["baseline_by_epoch"] == {"1": first["baseline_by_epoch"]["1"], "2": first["baseline_by_epoch"]["2"]}
     # the last epoch's state, measured on the fold: its accuracy is the curve's last point
     assert first["dprotonet_last"]["images"] == 10
+    assert set(first["push_effects"]) == {"2"}  # the one prototype update, after the last epoch
+    # the curve's point for epoch 2 is its last projected state: after the last-layer epochs
+    assert first["push_effects"]["2"]["last_layer"] == pytest.approx(first["dprotonet_by_epoch"]["2"])
     assert first["dprotonet_last"]["accuracy"] == pytest.approx(first["dprotonet_by_epoch"]["2"])
     assert main(argv) == 0  # fold 0 is kept, fold 1 trains
     summary = json.loads((out / "summary.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from collections import Counter
@@ -126,7 +127,7 @@ def test_card_record_carries_both_models_figures_and_refuses_another_recipe_or_m
 
 
 def test_last_state_figures_fill_only_stored_folds_without_them(tmp_path):
-    from dprotonet_core.train.cross_validation import add_last_state_figures, load_figures
+    from dprotonet_core.train.cross_validation import fill_missing, load_figures
 
     def train_fold(fold, train, val, folder):
         return _fold(fold, 0.9, 0.95, {10: 0.9}, {10: 0.95})
@@ -138,13 +139,40 @@ def test_last_state_figures_fill_only_stored_folds_without_them(tmp_path):
         seen.append((folder.name, len(val)))
         return {"accuracy": 0.8, "sensitivity": 0.7, "specificity": 0.9, "images": len(val)}
 
-    assert add_last_state_figures(tmp_path, 2, measure) == [0]  # fold 1 is not stored: nothing to measure
+    assert fill_missing(tmp_path, 2, "dprotonet_last", measure) == [0]  # fold 1 is not stored: nothing to measure
     assert seen == [("fold-0", 10)]
     assert load_figures(tmp_path / "fold-0" / "figures.json").dprotonet_last["sensitivity"] == 0.7
-    assert add_last_state_figures(tmp_path, 2, measure) == []  # filled once
+    assert fill_missing(tmp_path, 2, "dprotonet_last", measure) == []  # filled once
     summary = run_folds(20, [0, 1] * 10, 2, 0, tmp_path, lambda *a: _fold(1, 0.9, 0.95, {10: 0.9}, {10: 0.95}))
     assert "at_last_epoch" not in summary["dprotonet"]  # fold 1 has no last-state figures: no mean over some folds
-    assert add_last_state_figures(tmp_path, 2, measure) == [1]
+    assert fill_missing(tmp_path, 2, "dprotonet_last", measure) == [1]
     summary = run_folds(20, [0, 1] * 10, 2, 0, tmp_path, train_fold)
     assert summary["dprotonet"]["at_last_epoch"]["sensitivity"]["mean"] == pytest.approx(0.7)
     assert summary["fold_seconds"] == [1.0, 1.0]
+
+
+def test_push_effects_read_before_projected_and_after_the_last_layer_epochs():
+    from dprotonet_core.train.cross_validation import push_effect_summary, push_effects
+
+    log = [{"epoch": 1, "phase": "warm", "val_accuracy": 0.5},
+           {"epoch": 2, "phase": "joint", "val_accuracy": 0.9},
+           {"epoch": 2, "phase": "push", "val_accuracy": 0.8},
+           {"epoch": 2, "phase": "last_layer", "val_accuracy": 0.85},
+           {"epoch": 2, "phase": "last_layer", "val_accuracy": 0.875},
+           {"epoch": 3, "phase": "joint", "val_accuracy": 0.95},
+           {"epoch": 3, "phase": "push", "val_accuracy": 0.95},  # no last-layer epochs: the push's figure stays
+           {"epoch": 3, "phase": "baseline", "val_accuracy": 0.1}]
+    effects = push_effects(log)
+    assert effects == {2: {"before": 0.9, "projected": 0.8, "last_layer": 0.875},
+                       3: {"before": 0.95, "projected": 0.95, "last_layer": 0.95}}
+    f0 = dataclasses.replace(_fold(0, 0.9, 1.0, {2: 0.875}, {2: 1.0}), push_effects=effects)
+    f1 = dataclasses.replace(_fold(1, 0.9, 1.0, {2: 0.9}, {2: 0.9}),
+                             push_effects={2: {"before": 0.9, "projected": 0.9, "last_layer": 0.9}})
+    summary = push_effect_summary([f0, f1])
+    assert set(summary) == {2}  # epoch 3 is in one fold only
+    assert summary[2]["projection"]["mean"] == pytest.approx(-0.05)  # (-0.1 + 0) / 2
+    assert summary[2]["last_layer_epochs"]["mean"] == pytest.approx(0.0375)
+    assert summary[2]["both"]["mean"] == pytest.approx(-0.0125)
+    assert summary[2]["unprojected_minus_baseline"]["mean"] == pytest.approx(((0.9 - 1.0) + 0.0) / 2)
+    assert push_effect_summary([f0, _fold(1, 0.9, 1.0, {2: 0.9}, {2: 0.9})]) == {}  # a fold without them
+    assert "push_effects" in summarise([f0, f1])
