@@ -128,8 +128,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"dprotonet after the last epoch: {name} {fig['mean']:.4f} +- {fig['sd']:.4f} over {fig['n']} folds",
               flush=True)
     for epoch, effect in summary.get("push_effects", {}).items():
-        parts = [f"{name.replace('_', ' ')} {fig['mean']:+.4f} +- {fig['sd']:.4f}" for name, fig in effect.items()]
-        print(f"prototype update at epoch {epoch}: " + "; ".join(parts), flush=True)
+        parts = [f"{name.replace('_', ' ')} {fig['mean']:+.4f} +- {fig['sd']:.4f}" for name, fig in effect.items()
+                 if isinstance(fig, dict)]
+        print(f"prototype update at epoch {epoch} (before: from the {effect['before_from']}): " + "; ".join(parts),
+              flush=True)
     paired = summary.get("dprotonet_minus_baseline_by_epoch", {})
     for epoch, diff in paired.items():
         print(f"DProtoNet minus backbone at epoch {epoch} of the same fold: {diff['mean']:+.4f} +- {diff['sd']:.4f} "

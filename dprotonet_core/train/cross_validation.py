@@ -75,9 +75,11 @@ def by_epoch(history: Sequence[dict], phase: str | None = None) -> dict[int, flo
 
 
 def push_effects(history: Sequence[dict]) -> dict[int, dict]:
-    """From a DProtoNet training log: for each prototype update (push) at epoch e, the validation accuracy of epoch
-    e's training epoch before it ("before": prototypes not yet projected), of the push itself ("projected"), and
-    after the last-layer-only epochs that follow ("last_layer"; the push's figure when there are none)."""
+    """From a DProtoNet training log: for each prototype update (push) at epoch e, the validation accuracy before
+    it ("before": the push's own `val_accuracy_before_projection`, measured after the batch-norm re-estimate and
+    before the prototypes move; in logs without it, epoch e's training epoch, whose batch-norm statistics lag and
+    so mix two effects: "before_from": "epoch"), of the push itself ("projected"), and after the last-layer-only
+    epochs that follow ("last_layer"; the push's figure when there are none)."""
     out: dict[int, dict] = {}
     before: dict[int, float] = {}
     for entry in history:
@@ -86,8 +88,12 @@ def push_effects(history: Sequence[dict]) -> dict[int, dict]:
             continue
         if phase in ("warm", "joint"):
             before[epoch] = float(acc)
+        elif phase == "push" and entry.get("val_accuracy_before_projection") is not None:
+            out[epoch] = {"before": float(entry["val_accuracy_before_projection"]), "before_from": "push",
+                          "projected": float(acc), "last_layer": float(acc)}
         elif phase == "push" and epoch in before:
-            out[epoch] = {"before": before[epoch], "projected": float(acc), "last_layer": float(acc)}
+            out[epoch] = {"before": before[epoch], "before_from": "epoch", "projected": float(acc),
+                          "last_layer": float(acc)}
         elif phase == "last_layer" and epoch in out:
             out[epoch]["last_layer"] = float(acc)
     return out
@@ -104,7 +110,9 @@ def push_effect_summary(folds: Sequence[FoldFigures]) -> dict[int, dict]:
     summary: dict[int, dict] = {}
     for epoch in sorted(common):
         rows = [e[epoch] for e in effects]
+        sources = sorted({r.get("before_from", "epoch") for r in rows})
         summary[epoch] = {
+            "before_from": sources[0] if len(sources) == 1 else "mixed",
             "projection": mean_sd([r["projected"] - r["before"] for r in rows]),
             "last_layer_epochs": mean_sd([r["last_layer"] - r["projected"] for r in rows]),
             "both": mean_sd([r["last_layer"] - r["before"] for r in rows]),

@@ -230,6 +230,9 @@ def train(
         if step.kind == "push":
             if cfg.recalibrate_bn:
                 entry["bn_recalibrated"] = recalibrate_batch_norm(model, run.train_plain, cfg.batch_size, run.device)
+            # the network as it stands before its prototypes move (after the batch-norm re-estimate): what the
+            # projection itself changes is val_accuracy minus this (cross_validation.push_effects)
+            entry["val_accuracy_before_projection"] = accuracy(model, run.val, cfg.batch_size, run.device)
             result = project_prototypes(
                 model, run.train_plain, views=cfg.projection_views, augment=run.augment,
                 labels=run.train_plain.labels, batch_size=cfg.batch_size, device=run.device,

@@ -177,6 +177,7 @@ def test_cross_validate_trains_dprotonet_and_its_backbone_on_the_same_folds(tmp_
     # the last epoch's state, measured on the fold: its accuracy is the curve's last point
     assert first["dprotonet_last"]["images"] == 10
     assert set(first["push_effects"]) == {"2"}  # the one prototype update, after the last epoch
+    assert first["push_effects"]["2"]["before_from"] == "push"  # measured after the BN re-estimate, before moving
     # the curve's point for epoch 2 is its last projected state: after the last-layer epochs
     assert first["push_effects"]["2"]["last_layer"] == pytest.approx(first["dprotonet_by_epoch"]["2"])
     assert first["dprotonet_last"]["accuracy"] == pytest.approx(first["dprotonet_by_epoch"]["2"])
@@ -189,6 +190,7 @@ def test_cross_validate_trains_dprotonet_and_its_backbone_on_the_same_folds(tmp_
     assert summary["dprotonet"]["at_last_epoch"]["accuracy"]["n"] == 2
     assert "dprotonet: accuracy" in printed and "dprotonet after the last epoch: sensitivity" in printed
     assert "DProtoNet minus backbone at epoch 2 of the same fold" in printed
+    assert "prototype update at epoch 2 (before: from the push): projection" in printed
     stored = [json.loads((out / f"fold-{k}" / "figures.json").read_text()) for k in (0, 1)]
     gaps = [f["dprotonet_by_epoch"]["2"] - f["baseline_by_epoch"]["2"] for f in stored]
     assert summary["dprotonet_minus_baseline_by_epoch"]["2"]["mean"] == pytest.approx(sum(gaps) / 2)

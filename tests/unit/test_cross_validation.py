@@ -163,14 +163,19 @@ def test_push_effects_read_before_projected_and_after_the_last_layer_epochs():
            {"epoch": 3, "phase": "push", "val_accuracy": 0.95},  # no last-layer epochs: the push's figure stays
            {"epoch": 3, "phase": "baseline", "val_accuracy": 0.1}]
     effects = push_effects(log)
-    assert effects == {2: {"before": 0.9, "projected": 0.8, "last_layer": 0.875},
-                       3: {"before": 0.95, "projected": 0.95, "last_layer": 0.95}}
+    assert effects == {2: {"before": 0.9, "before_from": "epoch", "projected": 0.8, "last_layer": 0.875},
+                       3: {"before": 0.95, "before_from": "epoch", "projected": 0.95, "last_layer": 0.95}}
+    # a push that measured the network itself before moving the prototypes: that figure is "before"
+    measured = push_effects([*log[:2], {**log[2], "val_accuracy_before_projection": 0.7}, *log[3:]])
+    assert measured[2]["before"] == 0.7 and measured[2]["before_from"] == "push"
     f0 = dataclasses.replace(_fold(0, 0.9, 1.0, {2: 0.875}, {2: 1.0}), push_effects=effects)
     f1 = dataclasses.replace(_fold(1, 0.9, 1.0, {2: 0.9}, {2: 0.9}),
-                             push_effects={2: {"before": 0.9, "projected": 0.9, "last_layer": 0.9}})
+                             push_effects={2: {"before": 0.9, "before_from": "push", "projected": 0.9,
+                                               "last_layer": 0.9}})
     summary = push_effect_summary([f0, f1])
     assert set(summary) == {2}  # epoch 3 is in one fold only
     assert summary[2]["projection"]["mean"] == pytest.approx(-0.05)  # (-0.1 + 0) / 2
+    assert summary[2]["before_from"] == "mixed"
     assert summary[2]["last_layer_epochs"]["mean"] == pytest.approx(0.0375)
     assert summary[2]["both"]["mean"] == pytest.approx(-0.0125)
     assert summary[2]["unprojected_minus_baseline"]["mean"] == pytest.approx(((0.9 - 1.0) + 0.0) / 2)
