@@ -131,16 +131,22 @@ explanation = S["explanations"].get(review.explanation_key(key, checkpoint, prot
 if explanation is None:
     bar = st.progress(0.0, text="Explaining: finding the regions the model used...")
     live = st.empty()
+    slots: dict = {}  # the refining view's query pane and caption, once the first preview has laid them out
 
     def show_refining(partial: review.Explanation, step: int, total: int) -> None:
         """The heatmap as it stands, refined in place while the optimisation runs (no extra model call): plain
-        images, cheap for the browser, which shares the CPU with the optimisation on a one-machine deployment."""
-        view = review.render_refining(case, checkpoint, partial, review.settings_from(S), step, total)
-        with live.container():
-            left, right = st.columns(2)
-            left.image(view.query, caption=view.titles[0], width="stretch")
-            right.image(view.prototype, caption=view.titles[1], width="stretch")
-            st.caption(view.caption)
+        images, cheap for the browser, which shares the CPU with the optimisation on a one-machine deployment;
+        the prototype pane, which does not change meanwhile, is sent once."""
+        view = review.render_refining(case, checkpoint, partial, review.settings_from(S), step, total,
+                                      with_prototype=not slots)
+        if not slots:
+            with live.container():
+                left, right = st.columns(2)
+                slots["query"] = left.empty()
+                right.image(view.prototype, caption=view.titles[1], width="stretch")
+                slots["caption"] = st.empty()
+        slots["query"].image(view.query, caption=view.titles[0], width="stretch")
+        slots["caption"].caption(view.caption)
 
     try:
         explanation = review.explain_cached(

@@ -114,7 +114,7 @@ class RefiningView:
     while MDM refines (cheap to send and draw, so the browser does not compete with the optimisation)."""
 
     query: np.ndarray  # (448, 448, 3) uint8
-    prototype: np.ndarray
+    prototype: np.ndarray | None  # None when not asked for (it does not change while the query side refines)
     titles: tuple[str, str]
     caption: str
 
@@ -130,16 +130,21 @@ def prototype_title(checkpoint: Checkpoint, prototype: int) -> str:
 
 def render_refining(
     case: Case, checkpoint: Checkpoint, explanation: Explanation, settings: DisplaySettings, step: int, total: int,
+    with_prototype: bool = True,
 ) -> RefiningView:
     """The panes of a running explanation at `settings` (no model call): the query's mask stack as it stands
-    after `step` of `total` steps, the prototype's stored one."""
+    after `step` of `total` steps, the prototype's stored one (only `with_prototype`: the page draws it once and
+    sends only the query pane with each later preview, so the browser decodes one image per refinement)."""
     query = render_pane(case.display, explanation.query_stack, settings)
-    proto = render_pane(checkpoint.prototype_image(explanation.prototype), explanation.prototype_stack, settings)
+    proto = None
+    if with_prototype:
+        proto = render_pane(checkpoint.prototype_image(explanation.prototype), explanation.prototype_stack,
+                            settings).image
     method = explanation.query_method.split(REFINING)[0]  # the step is said once, first
     caption = (f"Refining in place: step {step} of {total}. Your image: {method}. Prototype: "
                f"{explanation.prototype_method or 'stored in the checkpoint'}. The zoomable panes, the display "
                "controls and the report come when the explanation is complete.")
-    return RefiningView(query.image, proto.image, ("Your image", prototype_title(checkpoint, explanation.prototype)),
+    return RefiningView(query.image, proto, ("Your image", prototype_title(checkpoint, explanation.prototype)),
                         caption)
 
 

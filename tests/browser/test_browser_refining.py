@@ -50,6 +50,13 @@ def test_the_heatmap_is_drawn_while_mdm_runs_then_finished_in_place(server, tmp_
         page.locator('[data-testid="stImage"] img').nth(1).wait_for()
         assert refining.count() >= 1 and page.get_by_text("Download report (PNG)").count() == 0
         first = refining.first.inner_text()
+        # refined in place: the caption's step moves on while the prototype pane, sent once, stays drawn
+        page.wait_for_function(
+            """first => { const m = document.body.innerText.match(/Refining in place: step (\\d+)/);
+                           const f = first.match(/step (\\d+)/); return m && f && Number(m[1]) > Number(f[1]); }""",
+            arg=first)
+        assert page.locator('[data-testid="stImage"] img').count() >= 2
+        page.screenshot(path=str(tmp_path / "refining.png"), full_page=True)
         page.get_by_text("Download report (PNG)").first.wait_for()  # finished
         assert refining.count() == 0
         assert page.get_by_text(f"Adam {REFINING_STEPS} steps").count() >= 1

@@ -157,6 +157,8 @@ def test_explain_previews_the_heatmap_while_it_refines(case, checkpoint, monkeyp
     assert view.caption.startswith(f"Refining in place: step 1 of {total}. Your image: fast profile: Adam")
     assert "refining:" not in view.caption  # the step is said once
     assert view.titles[1] == review.prototype_title(checkpoint, 0)
+    later = review.render_refining(case, checkpoint, first, review.default_settings(), 1, total, with_prototype=False)
+    assert later.prototype is None and np.array_equal(later.query, view.query)  # the page sent the prototype once
     monkeypatch.setattr(review.explanation, "PREVIEW_EVERY_S", 3600.0)
     seen.clear()
     review.explain(checkpoint, case.x, 0, "fast", preview=lambda e, step, total: seen.append(step))
