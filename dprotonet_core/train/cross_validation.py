@@ -55,8 +55,8 @@ class FoldFigures:
     # figures on the fold of DProtoNet's state after its run's last step (the last epoch's, no selection): what a
     # model trained with the recipe for its full epochs scores; sensitivity too, which the per-epoch curve lacks
     dprotonet_last: dict | None = None
-    # per prototype update (by epoch): fold accuracy of the joint epoch before it, right after projection, and after
-    # the last-layer-only epochs that follow (push_effects): where projection costs accuracy and what f_h recovers
+    # per prototype update (by epoch): fold accuracy just before the prototypes move, right after projection, and
+    # after the last-layer-only epochs that follow (push_effects): where projection costs accuracy, what f_h recovers
     push_effects: dict[int, dict] | None = None
 
 
