@@ -377,13 +377,13 @@ SAMPLE_FIELDS = ["file", "label", "dataset", "credit", "boxes"]
 def palm_sample_credit(checkpoint: Path) -> str:
     """The PALM samples' credit, saying whether the bundled checkpoint trained on them (a model trained on all 400
     photographs has seen every PALM sample; one with a test split has not seen those drawn from it)."""
+    from dprotonet_core.evaluate.data import trained_on_every_image
+
     card_file = Path(checkpoint) / "card.json"
-    data = {}
-    if card_file.is_file():
-        data = json.loads(card_file.read_text()).get("training_data") or {}
-    split = data.get("split") or {}
-    if split and not split.get("test_fraction") and not split.get("val_fraction"):
-        return (f"{PALM_CREDIT}; one of the {data.get('images', 'all')} photographs the bundled iChallenge-PM "
+    card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+    if trained_on_every_image(card):
+        images = (card.get("training_data") or {}).get("images", "all")
+        return (f"{PALM_CREDIT}; one of the {images} photographs the bundled iChallenge-PM "
                 "checkpoint was trained on, so not an image it has never seen")
     return f"{PALM_CREDIT}; from the bundled checkpoint's held-out test split"
 

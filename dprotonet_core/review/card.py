@@ -56,9 +56,9 @@ CROSS_VALIDATION_CAPTION = (
 
 def performance_caption(card: dict) -> str:
     """The caption under the performance rows: what the held-out figures, or the cross-validated ones, mean."""
-    split = (card.get("training_data") or {}).get("split") or {}
-    trained_on_all = "val_fraction" in split and not split.get("val_fraction") and not split.get("test_fraction")
-    if isinstance(card.get("cross_validation"), dict) and trained_on_all:
+    from dprotonet_core.evaluate.data import trained_on_every_image
+
+    if isinstance(card.get("cross_validation"), dict) and trained_on_every_image(card):
         return CROSS_VALIDATION_CAPTION
     if isinstance(card.get("cross_validation"), dict):
         return f"{PERFORMANCE_CAPTION} {CROSS_VALIDATED_ROWS}"
