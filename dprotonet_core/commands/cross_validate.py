@@ -10,6 +10,10 @@ and is measured on its own: train/cross_validation.py says what the figures mean
 --out are kept, so a 5-fold run can be split over sessions with --only; the summary covers the folds stored. A fold
 cut short (the process stopped) resumes where its DProtoNet run's last finished step left off (train/resume.py);
 the backbone-only baseline, trained after it, starts again.
+
+With --backbone-pretraining same-images (the stacked recipe) each fold first trains f_b as a plain classifier on
+its training images (kept on disk, reused by a resumed fold); that classifier after its last epoch is the fold's
+baseline, and DProtoNet starts from its f_b. The comparison is then of the two final states on the fold.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from dprotonet_core.commands.make_demo import SHARED, palm_plan, plan_configs
+from dprotonet_core.commands.make_demo import SHARED, palm_plan, plan_configs, same_images_pretraining
 
 
 def register(subparsers) -> None:
@@ -38,6 +42,10 @@ def register(subparsers) -> None:
     p.add_argument("--views", type=int, help="override R")
     p.add_argument("--backbone", help="override the backbone (smoke runs)")
     p.add_argument("--input-size", type=int, help="override the input size (smoke runs)")
+    p.add_argument("--backbone-pretraining", choices=("same-images",),
+                   help="override the plan's: train f_b as a plain classifier on the fold's training images first "
+                   "(that classifier is then the fold's baseline) and start DProtoNet from it")
+    p.add_argument("--pretrain-epochs", type=int, help="override the plan's epochs of that first stage")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-baseline", action="store_true", help="DProtoNet only")
     p.set_defaults(func=run)
@@ -55,12 +63,16 @@ def run(args: argparse.Namespace) -> int:
     from dprotonet_core.train.cross_validation import FoldFigures, by_epoch, fill_missing, push_effects, run_folds
     from dprotonet_core.train.data import SubsetView
     from dprotonet_core.train.loop import TrainOptions, train
+    from dprotonet_core.train.pretrain import train_classifier
     from dprotonet_core.train.resume import read_state
 
     torch.set_num_threads(args.threads)
-    overrides = {"epochs": args.epochs, "views": args.views, "backbone": args.backbone, "input_size": args.input_size}
-    plan = dataclasses.replace(palm_plan(), baseline=not args.no_baseline,
-                               **{k: v for k, v in overrides.items() if v is not None})
+    overrides = {"epochs": args.epochs, "views": args.views, "backbone": args.backbone, "input_size": args.input_size,
+                 "backbone_pretraining": args.backbone_pretraining, "pretrain_epochs": args.pretrain_epochs}
+    plan = dataclasses.replace(palm_plan(), **{k: v for k, v in overrides.items() if v is not None})
+    # the stacked recipe's baseline is its first stage (trained anyway); the loop's own baseline would be another
+    plan = dataclasses.replace(plan, baseline=not args.no_baseline and plan.backbone_pretraining is None)
+    stacked = plan.backbone_pretraining == "same-images"
     data = load_dataset(plan.dataset, args.data, "all", plan.input_size, transform=None)
     for i in range(len(data)):  # decode once: every fold reads the same pixels
         data[i]
@@ -79,28 +91,52 @@ def run(args: argparse.Namespace) -> int:
         train_view = SubsetView(data, train_idx, labels=data.labels, ids=data.ids)
         val_view = SubsetView(data, val_idx, labels=data.labels, ids=data.ids)
         model_cfg, train_cfg, loss_cfg, augment = plan_configs(plan, data.classes, train_view.labels)
+        first = first_stage(folder, train_view, val_view, augment) if stacked else None
         saved = read_state(folder)
         if saved is not None:
             print(json.dumps({"fold": fold, "resumed_at_step": saved[0]["next_step"]}), flush=True)
         options = TrainOptions(classes=data.classes, augment=augment, threads=args.threads, baseline=plan.baseline,
                                progress=False, command_line=f"cross-validate fold {fold} of {args.folds}",
-                               resume=saved is not None)
+                               resume=saved is not None, backbone_weights=None if first is None else str(first[0]))
         result = train(train_view, folder, model_cfg, train_cfg, loss_cfg, options, val_dataset=val_view)
         selected = held_out_metrics(load_checkpoint(folder).model, val_view)
         selected["selected_epoch"] = result.selected.get("epoch")
-        baseline = None
-        if result.baseline_model is not None:
+        baseline = baseline_by_epoch = None
+        if first is not None:
+            baseline, baseline_by_epoch = first[1], first[2]
+        elif result.baseline_model is not None:
             baseline = held_out_metrics(result.baseline_model.cpu(), val_view)
         log = _read_log(folder / "train_log.jsonl")
         figures = FoldFigures(fold=fold, train_images=len(train_idx), val_images=len(val_idx), dprotonet=selected,
                               baseline=baseline, dprotonet_by_epoch=by_epoch(log),
-                              baseline_by_epoch=by_epoch(log, "baseline"), seconds=round(time.perf_counter() - t0, 1),
+                              baseline_by_epoch=baseline_by_epoch or by_epoch(log, "baseline"),
+                              seconds=round(time.perf_counter() - t0, 1),
                               resumed_at_step=None if saved is None else saved[0]["next_step"],
-                              dprotonet_last=last_state(folder, val_idx), push_effects=push_effects(log))
+                              dprotonet_last=last_state(folder, val_idx), push_effects=push_effects(log),
+                              baseline_initialises_dprotonet=stacked)
         print(json.dumps({"fold": fold, "dprotonet_accuracy": selected.get("accuracy"),
                           "baseline_accuracy": None if baseline is None else baseline.get("accuracy"),
                           "seconds": figures.seconds}), flush=True)
         return figures
+
+    def first_stage(folder: Path, train_view, val_view, augment) -> tuple[Path, dict, dict[int, float]]:
+        """The stacked recipe's first stage on this fold: f_b + GAP + linear trained on the fold's training images
+        (make_demo.same_images_pretraining), its last epoch kept and measured on the fold (the baseline); its f_b
+        written to folder/backbone.safetensors for DProtoNet to start from. Kept on disk: a resumed fold reuses it."""
+        weights = folder / "backbone.safetensors"
+        record_file = Path(str(weights) + ".json")
+        if weights.is_file() and record_file.is_file():
+            report = json.loads(record_file.read_text())
+            if report.get("fold_figures"):
+                return weights, report["fold_figures"], {h["epoch"]: h["val_accuracy"] for h in report["history"]}
+        net, report = train_classifier(train_view, val_view, same_images_pretraining(plan), augment, weights,
+                                       record={"first_stage_of": "cross-validate, backbone_pretraining same-images"},
+                                       progress=False)
+        figures = held_out_metrics(net, val_view)
+        figures["selected_epoch"] = plan.pretrain_epochs  # the last: no selection
+        record_file.write_text(json.dumps({**report, "fold_figures": figures}, indent=2) + "\n")
+        print(json.dumps({"first_stage_accuracy": figures.get("accuracy"), "seconds": report["seconds"]}), flush=True)
+        return weights, figures, {h["epoch"]: h["val_accuracy"] for h in report["history"]}
 
     def logged_push_effects(folder: Path, _val_idx: list[int]) -> dict | None:
         log = folder / "train_log.jsonl"
@@ -120,10 +156,16 @@ def run(args: argparse.Namespace) -> int:
     for model in ("dprotonet", "baseline"):
         if model in summary:
             acc = summary[model]["selected_in_fold"].get("accuracy")
-            if acc:
+            if acc and model == "baseline" and stacked:
+                print(f"baseline (the classifier DProtoNet starts from, after its last epoch): accuracy "
+                      f"{acc['mean']:.4f} +- {acc['sd']:.4f} over {acc['n']} folds", flush=True)
+            elif acc:
                 print(f"{model}: accuracy {acc['mean']:.4f} +- {acc['sd']:.4f} over {acc['n']} folds "
                       f"(selected in each fold's run); best fixed epoch {summary[model]['best_fixed_epoch']}",
                       flush=True)
+    for name, fig in summary.get("dprotonet_last_minus_baseline", {}).items():
+        print(f"DProtoNet after its last epoch minus the classifier it started from: {name} {fig['mean']:+.4f} "
+              f"+- {fig['sd']:.4f} (min {fig['min']:+.4f})", flush=True)
     for name, fig in summary.get("dprotonet", {}).get("at_last_epoch", {}).items():
         print(f"dprotonet after the last epoch: {name} {fig['mean']:.4f} +- {fig['sd']:.4f} over {fig['n']} folds",
               flush=True)

@@ -23,6 +23,7 @@ import json
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,6 +79,11 @@ class DemoPlan:
     select_on: str = "accuracy"  # validation figure that selects the saved state: accuracy | auc
     distinct_sources: bool = True  # no two prototypes of a class from the same image (config.py)
     threshold_rule: str | None = None  # "youden": a threshold on p(class 1) chosen on validation; None: argmax
+    # "same-images": f_b is first trained as a plain classifier (f_b, GAP, linear; train/pretrain.py) on the plan's
+    # own training images for `pretrain_epochs`, its last epoch kept, and DProtoNet starts from that f_b at the
+    # paper's backbone rate, as the paper's starts from ImageNet weights. None: backbone_weights or random weights.
+    backbone_pretraining: str | None = None
+    pretrain_epochs: int = 40
 
     @property
     def holds_out(self) -> bool:
@@ -120,6 +126,17 @@ def register(subparsers) -> None:
     p.add_argument("--sample-profiles", nargs="+", default=[DEFAULT_MDM_PROFILE, "paper", "fast"],
                    help="MDM profiles of the samples' stored explanations")
     p.set_defaults(func=run)
+
+
+def same_images_pretraining(plan: DemoPlan):
+    """The PretrainConfig of a plan's backbone_pretraining "same-images" stage: the plan's backbone, input size,
+    batch size and seed; AdamW with a one-cycle schedule and label smoothing (train/pretrain.py's recipe), in
+    float32 on every machine (bf16 off, so a build is the same computation wherever it runs)."""
+    from dprotonet_core.train.pretrain import PretrainConfig
+
+    return PretrainConfig(backbone=plan.backbone, input_size=plan.input_size, epochs=plan.pretrain_epochs,
+                          batch_size=plan.batch_size, balanced_loss=plan.class_weights == "balanced", bf16=False,
+                          seed=plan.seed)
 
 
 def plan_configs(plan: DemoPlan, classes, train_labels):
@@ -171,10 +188,14 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
             dataset[i]
     model_cfg, train_cfg, loss_cfg, augment = plan_configs(plan, train_ds.classes, train_ds.labels)
     weights = loss_cfg.class_weights
-    options = TrainOptions(classes=train_ds.classes, augment=augment, threads=threads, dtype="float16",
-                           baseline=plan.baseline, card=card_extra, backbone_weights=plan.backbone_weights,
-                           command_line="python -m dprotonet_core " + shlex.join(sys.argv[1:]))
-    result = train(train_ds, out, model_cfg, train_cfg, loss_cfg, options, val_dataset=val_ds)
+    with tempfile.TemporaryDirectory() as scratch:
+        start = plan.backbone_weights
+        if plan.backbone_pretraining == "same-images":
+            start, card_extra = _first_stage(plan, train_ds, val_ds, augment, Path(scratch), card_extra)
+        options = TrainOptions(classes=train_ds.classes, augment=augment, threads=threads, dtype="float16",
+                               baseline=plan.baseline, card=card_extra, backbone_weights=start,
+                               command_line="python -m dprotonet_core " + shlex.join(sys.argv[1:]))
+        result = train(train_ds, out, model_cfg, train_cfg, loss_cfg, options, val_dataset=val_ds)
 
     ckpt = load_checkpoint(out)
     card = dict(ckpt.card)
@@ -221,6 +242,21 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
     print(json.dumps({"checkpoint": str(out), "val_accuracy": result.val_accuracy, **{k: v for k, v in
                       metrics.items() if k.startswith(("test_", "baseline_", "table4"))}}), flush=True)
     return card
+
+
+def _first_stage(plan: DemoPlan, train_ds, val_ds, augment, scratch: Path, card_extra: dict) -> tuple[str, dict]:
+    """backbone_pretraining "same-images": f_b + GAP + linear trained on the plan's training images (its last
+    epoch), f_b written to `scratch` for DProtoNet to start from; the card gets the stage's recipe and figures."""
+    from dprotonet_core.train.pretrain import train_classifier
+
+    weights = scratch / "first-stage-f_b.safetensors"
+    _net, report = train_classifier(train_ds, val_ds, same_images_pretraining(plan), augment, weights,
+                                    progress=False)
+    record = {"what": "f_b first trained as a plain classifier (f_b, GAP, linear) on the same training images, "
+                      "its last epoch kept; DProtoNet's f_b starts from it (at the paper's backbone rate)",
+              **{k: report[k] for k in ("recipe", "train_images", "seconds", "bf16_autocast", "threads")},
+              "history": report["history"]}
+    return str(weights), {**card_extra, "backbone_pretraining": record}
 
 
 def _finish_without_holdout(plan: DemoPlan, ckpt, card: dict, metrics: dict, train_ds, out: Path, profile: str,

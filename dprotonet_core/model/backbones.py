@@ -147,6 +147,11 @@ def load_backbone_weights(module: nn.Module, name: str, path: Path) -> None:
     """Copy matching tensors of a torchvision checkpoint into the feature extractor."""
     state = _read_state_dict(path)
     own = module.state_dict()
+    if all(k in state and state[k].shape == t.shape for k, t in own.items()):
+        # our own f_b files (pretrain-backbone) carry our names; safetensors lists keys sorted, not in module order,
+        # so the order-based matching below could swap same-shaped tensors ("10.bias" before "4.bias")
+        module.load_state_dict({k: state[k] for k in own})
+        return
     # torchvision names differ from our Sequential wrappers by a prefix; match on suffixes
     # of the same shape, in order, which is unambiguous for these architectures.
     source = [(k, v) for k, v in state.items() if not k.startswith(("fc.", "classifier."))]

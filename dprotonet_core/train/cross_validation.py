@@ -58,6 +58,10 @@ class FoldFigures:
     # per prototype update (by epoch): fold accuracy just before the prototypes move, right after projection, and
     # after the last-layer-only epochs that follow (push_effects): where projection costs accuracy, what f_h recovers
     push_effects: dict[int, dict] | None = None
+    # True for a recipe whose DProtoNet starts from the baseline's f_b (DemoPlan.backbone_pretraining): the baseline
+    # is then that classifier after its last epoch (no selection), trained before DProtoNet, so the two curves'
+    # epochs are not the same training time and are not paired; the final states are (summarise)
+    baseline_initialises_dprotonet: bool = False
 
 
 def by_epoch(history: Sequence[dict], phase: str | None = None) -> dict[int, float]:
@@ -117,7 +121,7 @@ def push_effect_summary(folds: Sequence[FoldFigures]) -> dict[int, dict]:
             "last_layer_epochs": mean_sd([r["last_layer"] - r["projected"] for r in rows]),
             "both": mean_sd([r["last_layer"] - r["before"] for r in rows]),
         }
-        if all(epoch in f.baseline_by_epoch for f in folds):
+        if all(epoch in f.baseline_by_epoch and not f.baseline_initialises_dprotonet for f in folds):
             summary[epoch]["unprojected_minus_baseline"] = mean_sd(
                 [e[epoch]["before"] - f.baseline_by_epoch[epoch] for e, f in zip(effects, folds)])
     return summary
@@ -160,6 +164,11 @@ def summarise(folds: Sequence[FoldFigures]) -> dict:
         if paired:
             summary["dprotonet_minus_baseline_by_epoch"] = paired
             summary["dprotonet_minus_baseline_at_last_epoch"] = paired[max(paired)]
+    if folds and all(f.baseline_initialises_dprotonet and f.dprotonet_last and f.baseline for f in folds):
+        summary["dprotonet_last_minus_baseline"] = {
+            name: mean_sd([f.dprotonet_last[name] - f.baseline[name] for f in folds])
+            for name in ("accuracy", "sensitivity", "specificity")
+            if all(f.dprotonet_last.get(name) is not None and f.baseline.get(name) is not None for f in folds)}
     effects = push_effect_summary(folds)
     if effects:
         summary["push_effects"] = effects
@@ -171,7 +180,8 @@ def paired_difference(folds: Sequence[FoldFigures]) -> dict[int, dict]:
     folds, for every epoch both curves reach in every fold. The like-for-like comparison: the selected-in-fold
     figures are not, because the baseline picks the best of every epoch and DProtoNet only of its projected states
     (one per push), so the baseline's is the more optimistic by construction."""
-    if not folds or any(not f.baseline_by_epoch or not f.dprotonet_by_epoch for f in folds):
+    if not folds or any(not f.baseline_by_epoch or not f.dprotonet_by_epoch or f.baseline_initialises_dprotonet
+                        for f in folds):
         return {}
     common = set.intersection(*(set(f.dprotonet_by_epoch) & set(f.baseline_by_epoch) for f in folds))
     return {e: mean_sd([f.dprotonet_by_epoch[e] - f.baseline_by_epoch[e] for f in folds]) for e in sorted(common)}
@@ -242,7 +252,8 @@ def load_figures(path: Path) -> FoldFigures:
 
 
 RECIPE_FIELDS = ("dataset", "backbone", "input_size", "epochs", "batch_size", "views", "seed", "backbone_weights",
-                 "lr_backbone", "class_weights", "select_on", "distinct_sources")
+                 "lr_backbone", "class_weights", "select_on", "distinct_sources", "backbone_pretraining",
+                 "pretrain_epochs")
 
 
 def card_record(folder: Path, plan: dict) -> dict:
@@ -252,7 +263,8 @@ def card_record(folder: Path, plan: dict) -> dict:
     folder = Path(folder)
     summary = json.loads((folder / "summary.json").read_text())
     ran = summary.get("plan", {})
-    differ = [f for f in RECIPE_FIELDS if ran.get(f) != plan.get(f)]
+    differ = [f for f in RECIPE_FIELDS if ran.get(f) != plan.get(f)
+              and not (f == "pretrain_epochs" and plan.get("backbone_pretraining") is None)]  # unused then
     if differ:
         raise ValueError(f"{folder}: the cross-validated recipe differs from the plan in {', '.join(differ)}")
     if sorted(summary.get("folds_done", [])) != list(range(summary["k"])):
@@ -275,7 +287,8 @@ def card_record(folder: Path, plan: dict) -> dict:
                 record[model]["accuracy_at_last_epoch"] = by_epoch_curve[max(by_epoch_curve, key=int)]
     if summary.get("fold_seconds") is not None:
         record["fold_seconds"] = summary["fold_seconds"]  # each fold's run (a resumed fold: from its resumption)
-    for name in ("dprotonet_minus_baseline_accuracy", "dprotonet_minus_baseline_at_last_epoch", "push_effects"):
+    for name in ("dprotonet_minus_baseline_accuracy", "dprotonet_minus_baseline_at_last_epoch",
+                 "dprotonet_last_minus_baseline", "push_effects"):
         if name in summary:
             record[name] = summary[name]
     return record

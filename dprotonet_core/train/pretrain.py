@@ -50,7 +50,10 @@ def class_weights(labels: list[int], classes: int) -> torch.Tensor:
 
 
 def _bf16_ok(device: torch.device, wanted: bool) -> bool:
-    return wanted and device.type == "cpu" and torch.backends.mkldnn.is_available()
+    """bf16 autocast only where bf16 is native (explain.mdm.fast_bf16): emulated on an AVX2 CPU it is slower."""
+    from dprotonet_core.explain.mdm import fast_bf16
+
+    return wanted and device.type == "cpu" and fast_bf16("cpu")
 
 
 @torch.inference_mode()
@@ -74,6 +77,15 @@ def pretrain_backbone(train_ds: Dataset, val_ds: Dataset | None, cfg: PretrainCo
     """Train f_b + GAP + linear on (train_ds, augmented), keep the last epoch's weights, and
     write f_b's weights to `out_file` (safetensors) and the recipe and figures to `out_file` + ".json"
     (`out_file` None: only the report is returned). `init_weights`: a local backbone file to start from."""
+    _net, report = train_classifier(train_ds, val_ds, cfg, augment, out_file, record, progress, init_weights)
+    return report
+
+
+def train_classifier(train_ds: Dataset, val_ds: Dataset | None, cfg: PretrainConfig, augment: Transform,
+                     out_file: Path | None, record: dict | None = None, progress: bool = True,
+                     init_weights: str | Path | None = None) -> tuple[BackboneClassifier, dict]:
+    """pretrain_backbone's training, returning the whole classifier (f_b, GAP, linear) in eval mode at its last
+    epoch as well as the report: the plain-backbone figures of a recipe that initialises DProtoNet from it."""
     from safetensors.torch import save_file
 
     from dprotonet_core.evaluate.metrics import roc_auc
@@ -95,7 +107,8 @@ def pretrain_backbone(train_ds: Dataset, val_ds: Dataset | None, cfg: PretrainCo
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         net.train()
-        loader = DataLoader(train_view, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+        loader = DataLoader(train_view, batch_size=cfg.batch_size, shuffle=True,
+                            drop_last=len(train_view) > cfg.batch_size,  # a tiny set still trains
                             generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         total = seen = 0.0
         for x, y in tqdm(loader, desc=f"pretrain {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress,
@@ -143,4 +156,4 @@ def pretrain_backbone(train_ds: Dataset, val_ds: Dataset | None, cfg: PretrainCo
         out_file.parent.mkdir(parents=True, exist_ok=True)
         save_file(best_state, str(out_file), metadata={"backbone": cfg.backbone, "format": "dprotonet backbone f_b"})
         Path(str(out_file) + ".json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return net.eval(), report

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dprotonet_core.checkpoint import load_checkpoint
@@ -55,18 +56,20 @@ def test_build_measures_test_and_baseline_and_replaces_the_old_release(tmp_path)
     assert shipped.classes == ["non-PM", "PM"] and not (out / "resume").exists()
 
 
-def test_palm_plan_trains_on_every_image_and_takes_its_figures_from_the_cross_validation(tmp_path):
+@pytest.mark.parametrize("pretraining", [None, "same-images"])
+def test_palm_plan_trains_on_every_image_and_takes_its_figures_from_the_cross_validation(tmp_path, pretraining):
     """The shipped PALM plan's shape (no validation, no test split, no baseline) on tiny PALM-named images: all 40
     train the model for its fixed epochs, the card says there is no held-out split and carries the cross-validation
     record, the OOD threshold comes from the training images and says so, and the samples' credit says the
-    checkpoint trained on them; `evaluate` refuses a held-out split the checkpoint does not have."""
+    checkpoint trained on them; `evaluate` refuses a held-out split the checkpoint does not have. The stacked recipe
+    (same-images) first trains its classifier on the same 40 images and records that stage in the card."""
     from dprotonet_core.review.card import performance_rows
 
     data = tmp_path / "palm"
     _palm_like(data)
     out = tmp_path / "checkpoints" / "ichallenge-pm"
     plan = dataclasses.replace(make_demo.palm_plan(), backbone="tiny_cnn", input_size=32, epochs=2, batch_size=8,
-                               views=2)
+                               views=2, backbone_pretraining=pretraining, pretrain_epochs=2)
     cv = {"k": 5, "images": 40, "dprotonet": {"at_last_epoch": {"accuracy": {"mean": 0.97, "sd": 0.01, "min": 0.96,
                                                                              "max": 0.98, "n": 5}}}}
     card = make_demo.build(plan, data, out, {**make_demo.palm_card(), "cross_validation": cv}, threads=1,
@@ -80,6 +83,13 @@ def test_palm_plan_trains_on_every_image_and_takes_its_figures_from_the_cross_va
     assert card["ood"]["validation_images"] == 0 and card["ood"]["flag_above"].startswith("training")
     shipped = load_checkpoint(out)
     assert shipped.card["cross_validation"] == cv and not (out / "resume").exists()
+    if pretraining is None:
+        assert "backbone_pretraining" not in card and card["backbone_weights"] == "random initialisation"
+    else:
+        first = card["backbone_pretraining"]
+        assert first["train_images"] == 40 and [h["epoch"] for h in first["history"]] == [1, 2]
+        assert first["recipe"]["epochs"] == 2 and card["backbone_weights"] == "first-stage-f_b.safetensors"
+        assert not list(out.glob("*.safetensors.json"))  # the stage's f_b is an initialisation, not shipped
     assert any("cross-validation" in row["Measured on"] for row in performance_rows(shipped.card))
     assert "was trained on" in make_demo.palm_sample_credit(out)
     with pytest.raises(ValueError, match="trained on every image"):
@@ -224,3 +234,46 @@ def test_cross_validate_resumes_a_fold_cut_short(tmp_path, monkeypatch):
     log = [json.loads(line) for line in (out / "fold-0" / "train_log.jsonl").read_text().splitlines() if line]
     assert sorted(e["step"] for e in log if e.get("phase") != "baseline") == list(range(steps))
     assert figures["baseline"]["images"] == 6
+
+
+def test_cross_validate_stacked_recipe_starts_dprotonet_from_the_folds_own_classifier(tmp_path, capsys):
+    """--backbone-pretraining same-images: each fold first trains f_b as a plain classifier on its own training
+    images (kept as fold-k/backbone.safetensors, reused by a rerun), that classifier after its last epoch is the
+    baseline, DProtoNet's f_b starts as its f_b, and the summary pairs the two final states, not epochs."""
+    from safetensors.torch import load_file
+
+    from dprotonet_core.cli import main
+    from dprotonet_core.model.dprotonet import DProtoNet
+
+    data = tmp_path / "palm"
+    _palm_like(data, per_class=6)
+    out = tmp_path / "cv"
+    argv = ["cross-validate", "--data", str(data), "--folds", "2", "--out", str(out), "--epochs", "2",
+            "--views", "2", "--backbone", "tiny_cnn", "--input-size", "32", "--threads", "1",
+            "--backbone-pretraining", "same-images", "--pretrain-epochs", "2"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["plan"]["backbone_pretraining"] == "same-images" and summary["plan"]["baseline"] is False
+    fold = json.loads((out / "fold-0" / "figures.json").read_text())
+    record = json.loads((out / "fold-0" / "backbone.safetensors.json").read_text())
+    assert fold["baseline_initialises_dprotonet"] is True
+    assert fold["baseline"] == record["fold_figures"] and fold["baseline"]["selected_epoch"] == 2
+    assert fold["baseline_by_epoch"] == {str(h["epoch"]): h["val_accuracy"] for h in record["history"]}
+    assert record["train_images"] == fold["train_images"] and record["recipe"]["bf16"] is False
+    # the DProtoNet run started from that f_b: the card names the file, and its initial f_b is those weights
+    card = json.loads((out / "fold-0" / "card.json").read_text())
+    assert card["backbone_weights"] == "backbone.safetensors"
+    started = DProtoNet(load_checkpoint(out / "fold-0").model.config, str(out / "fold-0" / "backbone.safetensors"))
+    first = load_file(str(out / "fold-0" / "backbone.safetensors"))
+    assert all(torch.equal(v, first[k]) for k, v in started.backbone.state_dict().items() if k in first)
+    paired = [json.loads((out / f"fold-{k}" / "figures.json").read_text()) for k in (0, 1)]
+    gaps = [f["dprotonet_last"]["accuracy"] - f["baseline"]["accuracy"] for f in paired]
+    assert summary["dprotonet_last_minus_baseline"]["accuracy"]["mean"] == pytest.approx(sum(gaps) / 2)
+    assert "dprotonet_minus_baseline_by_epoch" not in summary  # stage-1 epochs are not DProtoNet's epochs
+    printed = capsys.readouterr().out
+    assert "the classifier DProtoNet starts from, after its last epoch" in printed
+    # a rerun of a finished fold's first stage is not trained again
+    (out / "fold-0" / "figures.json").unlink()
+    stamp = (out / "fold-0" / "backbone.safetensors").stat().st_mtime_ns
+    assert main([*argv, "--only", "0"]) == 0
+    assert (out / "fold-0" / "backbone.safetensors").stat().st_mtime_ns == stamp

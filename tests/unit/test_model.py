@@ -111,3 +111,21 @@ def test_forward_shapes_and_consistency(tiny_model, tiny_config):
     with torch.no_grad():
         zj = tiny_model.feature_vectors(x, 4)
     assert torch.allclose(zj, out.z[:, 4], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "small_resnet"])
+def test_an_own_backbone_file_loads_tensor_for_tensor(tmp_path, name):
+    """A safetensors f_b file with our own names (pretrain-backbone's) loads every tensor into the same place:
+    safetensors lists keys sorted ("10.bias" before "4.bias"), which matching by order alone swapped."""
+    from safetensors.torch import save_file
+
+    from dprotonet_core.model.backbones import build_backbone
+
+    torch.manual_seed(0)
+    source, _ = build_backbone(name, None)
+    for p in source.parameters():  # distinct values everywhere, so a swap cannot go unseen
+        torch.nn.init.uniform_(p.data, -1.0, 1.0)
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(tmp_path / "f_b.safetensors"))
+    loaded, _ = build_backbone(name, str(tmp_path / "f_b.safetensors"))
+    assert all(torch.equal(v, state[k]) for k, v in loaded.state_dict().items())
