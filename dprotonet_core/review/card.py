@@ -167,9 +167,19 @@ def cross_validation_rows(cv: Any) -> list[dict[str, str]]:
              ("specificity", "Specificity"))
     for key, label in names:
         add(f"{label}, cross-validated", (d.get("at_last_epoch") or {}).get(key), f"{on}; {last}")
-    add("Backbone-only classifier, accuracy, cross-validated (Table 3)", b.get("accuracy_at_last_epoch"),
-        f"{on}; the same folds, backbone and epochs, no prototypes; {last}")
+    recipe = cv.get("recipe") or {}
+    if recipe.get("backbone_pretraining") == "same-images":  # the baseline is the first stage DProtoNet starts from
+        stage = recipe.get("pretrain_epochs")
+        add("Backbone-only classifier that DProtoNet starts from, accuracy, cross-validated (Table 3)",
+            b.get("accuracy_at_last_epoch"),
+            f"{on}; the same folds and backbone, f_b + GAP + linear, no prototypes; after its last epoch"
+            f"{f' ({stage})' if stage else ''}, no selection")
+    else:
+        add("Backbone-only classifier, accuracy, cross-validated (Table 3)", b.get("accuracy_at_last_epoch"),
+            f"{on}; the same folds, backbone and epochs, no prototypes; {last}")
     gap = cv.get("dprotonet_minus_baseline_at_last_epoch")
+    if gap is None:  # a stacked run pairs the two final states, not epochs (train/cross_validation.py)
+        gap = (cv.get("dprotonet_last_minus_baseline") or {}).get("accuracy")
     if isinstance(gap, dict) and isinstance(gap.get("mean"), (int, float)):
         rows.append({"Measure": "DProtoNet minus its backbone-only classifier, accuracy",
                      "Value": f"{100 * gap['mean']:+.1f} points",

@@ -306,6 +306,20 @@ def test_cross_validated_rows_come_first_with_their_spread_and_the_caption_says_
     assert review.cross_validation_rows("garbage") == []
 
 
+def test_a_stacked_recipe_names_its_first_stage_as_the_baseline_and_pairs_the_final_states():
+    fig = {"mean": 0.97, "sd": 0.011, "min": 0.9625, "max": 0.9875, "n": 5}
+    cv = {"k": 5, "images": 400, "recipe": {"epochs": 20, "backbone_pretraining": "same-images",
+                                            "pretrain_epochs": 40},
+          "dprotonet": {"at_last_epoch": {"accuracy": {**fig, "mean": 0.9725}}},
+          "baseline": {"accuracy_at_last_epoch": fig},
+          "dprotonet_last_minus_baseline": {"accuracy": {"mean": 0.0025, "sd": 0.016, "min": -0.025, "max": 0.0125}}}
+    rows = review.cross_validation_rows(cv)
+    assert [r["Value"] for r in rows] == ["97.2%", "97.0%", "+0.2 points"]
+    assert "after the last epoch (20)" in rows[0]["Measured on"]
+    assert "DProtoNet starts from" in rows[1]["Measure"] and "after its last epoch (40)" in rows[1]["Measured on"]
+    assert rows[2]["95% interval"] == "sd 1.6 points; folds -2.5 to +1.2"
+
+
 def test_evaluation_absent_then_read(checkpoint_dir, tmp_path):
     import shutil
 
