@@ -54,6 +54,7 @@ VARIANTS: dict[str, MDMConfig] = {
     "1600-path 4x + lr tail, bf16 (400 steps)": _tail(4),
     "1600-path 8x, bf16 (200 steps)": long_path(8, "bf16"),
     "1600-path 8x + lr tail, bf16 (200 steps)": _tail(8),
+    "1600-path 12x + lr tail, bf16 (133 steps)": _tail(12),
     "1600-path 16x + lr tail, bf16 (100 steps)": _tail(16),
     "1600-path 4x, fp32 (400 steps)": long_path(4, "fp32"),
 }

@@ -327,6 +327,9 @@ def _finish(run: _Run, out: Path, history: list[dict], best: dict | None, projec
         "selected_step": best["step"] if best else None,
         "selected_epoch": best["epoch"] if best else None,
     }
+    if len(run.val) == 0:  # nothing to select on or to measure: the run's last state is kept
+        metrics.update({"selected_on": "nothing (no validation split): the last state, after the fixed epochs",
+                        "measured_on": "no validation split: every training image trained the model"})
     if opts.dtype == "float16":
         fp16_acc = accuracy(_fp16_round_trip(model), run.val, cfg.batch_size, run.device)
         metrics.update({"val_accuracy_fp32": val_acc, "val_accuracy_fp16": fp16_acc,
