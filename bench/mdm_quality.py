@@ -57,6 +57,10 @@ VARIANTS: dict[str, MDMConfig] = {
     "1600-path 12x + lr tail, bf16 (133 steps)": _tail(12),
     "1600-path 16x + lr tail, bf16 (100 steps)": _tail(16),
     "1600-path 4x, fp32 (400 steps)": long_path(4, "fp32"),
+    "1600-path 8x + lr tail, fp32 (200 steps)": dataclasses.replace(long_path(8, "fp32"), lr_schedule="tail"),
+    "1600-path 8x + lr tail, bf16, last 25% fp32 (200 steps)": dataclasses.replace(_tail(8), fp32_tail=0.25),
+    "1600-path 8x + lr tail, bf16, last 50% fp32 (200 steps)": dataclasses.replace(_tail(8), fp32_tail=0.5),
+    "1600-path 4x + lr tail, bf16, last 25% fp32 (400 steps)": dataclasses.replace(_tail(4), fp32_tail=0.25),
 }
 DEFAULT_VARIANTS = ("1600-path 4x, bf16 (400 steps)", "1600-path 4x + lr tail, bf16 (400 steps)",
                     "1600-path 8x + lr tail, bf16 (200 steps)", "1600-path 16x + lr tail, bf16 (100 steps)",

@@ -164,6 +164,9 @@ class MDMConfig:
     # The frozen network's arithmetic in the steps: "fp32" (the paper protocol) | "bf16" (autocast; the loss and
     # the returned objective stay float32). See the DEVIATION at the profiles below for its measured effect.
     precision: str = "fp32"
+    # With precision "bf16": the last `fp32_tail` fraction of the steps computed in float32 (0: none), so the run
+    # settles where float32 arithmetic puts the minimum; ignored under "fp32".
+    fp32_tail: float = 0.0
     # Speed only (same arithmetic): channels_last activations for the frozen network.
     channels_last: bool = True
     # Images per forward pass when many prototypes are explained at once (memory bound).

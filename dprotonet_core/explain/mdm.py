@@ -88,8 +88,18 @@ def method_label(cfg: MDMConfig, name: str | None = None) -> str:
     head = f"{name} profile: " if name else ""
     schedule = {"constant": "", "cosine": ", cosine lr decay",
                 "tail": f", lr decayed over the last {cfg.lr_tail:.0%} of steps"}.get(cfg.lr_schedule, "")
-    arithmetic = ", network in bf16" if cfg.precision == "bf16" else ""
+    arithmetic = ""
+    if cfg.precision == "bf16":
+        last = fp32_tail_steps(cfg)
+        arithmetic = ", network in bf16" + (f" (its last {last} steps in float32)" if last else "")
     return f"{head}{cfg.optimizer.capitalize()} {cfg.iterations} steps{schedule}{arithmetic}, {loss_label(cfg)}"
+
+
+def fp32_tail_steps(cfg: MDMConfig) -> int:
+    """How many of the last steps of a bf16 run are computed in float32 (MDMConfig.fp32_tail); 0 under fp32."""
+    if cfg.precision != "bf16" or cfg.fp32_tail <= 0:
+        return 0
+    return min(cfg.iterations, round(cfg.iterations * cfg.fp32_tail))
 
 
 def profile(name: str) -> MDMConfig:
@@ -397,6 +407,7 @@ def _optimise_group(
         ], dim=1)
 
     history: list[float] = []
+    first_fp32_step = cfg.iterations - fp32_tail_steps(cfg)
     window: list[torch.Tensor] = []
     converged = stopped_by_time = False
     steps = 0
@@ -408,7 +419,7 @@ def _optimise_group(
             break
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(cfg, step)
-        per_vector = objective(vectors)
+        per_vector = objective(vectors, low_precision=step < first_fp32_step)
         total = per_vector.sum()
         optimizer.zero_grad(set_to_none=True)
         total.backward()

@@ -53,6 +53,8 @@ def settings_json(cfg: MDMConfig) -> str:
         del data["precision"]
     if data.get("lr_schedule") != "tail":
         data.pop("lr_tail", None)
+    if not data.get("fp32_tail"):
+        data.pop("fp32_tail", None)
     return json.dumps(data, sort_keys=True)
 
 

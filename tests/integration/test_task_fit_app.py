@@ -72,7 +72,7 @@ def test_an_mr_fits_no_model_and_gets_no_valid_prediction(bundled_app):
 
 
 def test_own_sample_gets_neither_notice_nor_warning(bundled_app):
-    # P0003, not the first sample: H0001 is the fundus model's one false alarm among its 80 test photographs
+    # P0003: a PALM photograph of the fundus model's own dataset (it trained on all 400; none is flagged)
     sample = next(s for s in review.list_samples() if s.file == "P0003.jpg")
     at = bundled_app
     at.selectbox(key="sample").set_value(sample).run()

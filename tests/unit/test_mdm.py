@@ -331,6 +331,33 @@ def test_bf16_steps_keep_a_float32_objective_and_follow_the_float32_path(tiny_mo
     assert abs(float(by_hand) - low.final_objective[0]) < 1e-4
 
 
+def test_an_fp32_tail_computes_the_last_steps_of_a_bf16_run_in_float32_and_the_label_counts_them(tiny_model,
+                                                                                                 monkeypatch):
+    """fp32_tail: the last round(iterations * fp32_tail) steps run without autocast. All of them in float32 is the
+    float32 run, vector for vector; a quarter of 8 steps is the last 2 network passes of the steps in float32."""
+    monkeypatch.setattr(mdm, "fast_bf16", lambda device_type="cpu": True)
+    x = torch.rand(3, 64, 64)
+    node = mdm.detection_node(tiny_model, x)
+    with torch.no_grad():
+        target = tiny_model.feature_vectors(x[None], node.mask_index)[0]
+    cfg = _cfg(iterations=8, lr=0.05)
+    full = mdm.optimise_mask_vectors(tiny_model, x, node.mask_index, target, cfg)
+    all_fp32 = dataclasses.replace(cfg, precision="bf16", fp32_tail=1.0)
+    same = mdm.optimise_mask_vectors(tiny_model, x, node.mask_index, target, all_fp32)
+    assert all(torch.equal(a, b) for a, b in zip(full.vectors, same.vectors))
+    dtypes = []
+    real = tiny_model.feature_vectors
+    monkeypatch.setattr(tiny_model, "feature_vectors", lambda *a, **k: dtypes.append(real(*a, **k).dtype) or
+                        real(*a, **k))
+    quarter = dataclasses.replace(cfg, precision="bf16", fp32_tail=0.25)
+    mdm.optimise_mask_vectors(tiny_model, x, node.mask_index, target, quarter)
+    steps = dtypes[1:-1]  # after the blank image's scale, before the final float32 objective
+    assert steps == [torch.bfloat16] * 6 + [torch.float32] * 2
+    assert mdm.fp32_tail_steps(quarter) == 2 and mdm.fp32_tail_steps(dataclasses.replace(quarter, precision="fp32")) == 0
+    assert "network in bf16 (its last 2 steps in float32)" in mdm.method_label(quarter)
+    assert "float32)" not in mdm.method_label(dataclasses.replace(quarter, fp32_tail=0.0))
+
+
 def test_bf16_falls_back_to_float32_where_it_is_not_native_and_the_label_says_so(monkeypatch):
     cfg = dataclasses.replace(PAPER_MDM, precision="bf16")
     monkeypatch.setattr(mdm, "fast_bf16", lambda device_type="cpu": False)
