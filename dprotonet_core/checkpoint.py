@@ -348,7 +348,8 @@ def find_checkpoints(models_dir: str | Path) -> list[tuple[Path, dict | None, st
     return found
 
 
-def replace_prototype_masks(folder: Path | str, vectors: list[torch.Tensor], record: dict) -> None:
+def replace_prototype_masks(folder: Path | str, vectors: list[torch.Tensor], record: dict,
+                            card_updates: dict | None = None) -> None:
     """Store new prototype-side mask vectors (D tensors (K, a_i, a_i)) in an existing checkpoint folder, with the
     card's `prototype_mdm` record saying how they were made. The weights file stays byte for byte (its hash
     keys caches and stored explanations); refuses if re-saving would change any weight."""
@@ -362,6 +363,7 @@ def replace_prototype_masks(folder: Path | str, vectors: list[torch.Tensor], rec
     card = {k: v for k, v in ck.card.items()
             if k not in ("format_version", "model_config", "tensors", "dtype", "software", "sha256")}
     card["prototype_mdm"] = record
+    card.update(card_updates or {})
     images = [ck.prototype_image(i) for i in range(len(ck.prototypes))]
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         staged = save_checkpoint(ck.model, Path(tmp) / "new", card, ck.prototypes, images, vectors,

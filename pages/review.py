@@ -93,7 +93,11 @@ with st.sidebar:
     for notice in loaded.notices:
         st.warning(notice)
     st.header("Explanation")
-    profile = st.selectbox("MDM detail", list(review.MDM_PROFILES), format_func=review.MDM_PROFILES.get,
+    model_default = review.card_default_profile(checkpoint.card)
+    if S.get("mdm_profile_of") != str(checkpoint.path):  # each model starts at its own default profile
+        S["mdm_profile"], S["mdm_profile_of"] = model_default, str(checkpoint.path)
+    profile = st.selectbox("MDM detail", list(review.MDM_PROFILES),
+                           format_func=lambda name: review.profile_choice_label(name, model_default),
                            key="mdm_profile", help=review.MDM_PROFILE_HELP)
 
 shown = review.apply_window(loaded, window)

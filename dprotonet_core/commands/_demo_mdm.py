@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from dprotonet_core.config import DEFAULT_MDM_PROFILE
 from dprotonet_core.machine import machine_info
 
 # samples.csv's dataset column -> the bundled checkpoint that reads such images
@@ -39,14 +40,27 @@ def prototype_mdm_record(profile: str, seconds: float) -> dict:
             "machine": machine_info()}
 
 
-def refresh_prototype_side(folder: Path, profile: str) -> dict:
-    """Recompute and store the prototype-side mask vectors of an existing checkpoint folder; the weights,
-    prototypes and everything else in the folder stay as they are. Returns the card's new record."""
+def mdm_default_record(profile: str) -> dict:
+    """The card's "mdm_default_profile": the profile the app and `explain` start from for this checkpoint, what it
+    runs, and how it was chosen."""
+    from dprotonet_core.explain.mdm import method_label, runnable
+    from dprotonet_core.explain.mdm import profile as mdm_profile
+
+    return {"profile": profile, "method": method_label(mdm_profile(profile), profile),
+            "runs_here_as": method_label(runnable(mdm_profile(profile)), profile),
+            "chosen_by": "the fastest MDM profile that met issue 19's quality bar on this checkpoint against the "
+                         "1,600-step reference (python -m bench.mdm_quality, 12 images; README, Benchmarks)"}
+
+
+def refresh_prototype_side(folder: Path, profile: str, card_updates: dict | None = None) -> dict:
+    """Recompute and store the prototype-side mask vectors of an existing checkpoint folder (and write
+    `card_updates` into its card); the weights, prototypes and everything else in the folder stay as they are.
+    Returns the card's new prototype_mdm record."""
     from dprotonet_core.checkpoint import load_checkpoint, replace_prototype_masks
 
     vectors, seconds = prototype_side(load_checkpoint(folder), profile)
     record = prototype_mdm_record(profile, seconds)
-    replace_prototype_masks(folder, vectors, record)
+    replace_prototype_masks(folder, vectors, record, card_updates)
     print(json.dumps({"checkpoint": str(folder), "prototype_mdm": record["seconds"]}), flush=True)
     return record
 
@@ -59,11 +73,10 @@ def sample_inputs(samples: Path) -> list[tuple[Path, str]]:
         return [(samples / row["file"], row["dataset"]) for row in csv.DictReader(f)]
 
 
-def store_sample_explanations(
-    samples: Path, checkpoints: Path, profiles: Sequence[str] = ("standard", "paper", "fast")
-) -> list[dict]:
-    """Run the query-side MDM (each profile named) on each bundled sample for the prototype the app explains
-    first, exactly as the app prepares the image (default DICOM window); store them under samples/explanations.
+def store_sample_explanations(samples: Path, checkpoints: Path, profiles: Sequence[str] | None = None) -> list[dict]:
+    """Run the query-side MDM (each profile named; None: the checkpoint's default profile, the config's default,
+    paper and fast) on each bundled sample for the prototype the app explains first, exactly as the app prepares
+    the image (default DICOM window); store them under samples/explanations.
     A result already stored for exactly the same inputs and settings is kept, not recomputed; stored files
     that no sample needs any more are removed."""
     from dprotonet_core import review
@@ -84,7 +97,9 @@ def store_sample_explanations(
         sha = model_digest(ck.card)
         x = review.default_model_input(ck, path.read_bytes())
         prototype = review.default_prototype(review.predict(ck, x))
-        for profile in profiles:
+        wanted = profiles if profiles is not None else (mdm.card_default_profile(ck.card), DEFAULT_MDM_PROFILE,
+                                                         "paper", "fast")
+        for profile in dict.fromkeys(wanted):  # in order, each once
             cfg = mdm.runnable(mdm.profile(profile))  # the arithmetic that runs is the one recorded
             needed.add(store.path_for(out, x[0], sha, prototype, profile, cfg).name)
             row = {"sample": path.name, "checkpoint": name, "prototype": prototype, "profile": profile}

@@ -1,7 +1,7 @@
 """`explain`: the MDM explanation of one image (eq. 12-18) written as files.
 
     python -m dprotonet_core explain --checkpoint DIR FILE --out DIR
-        [--prototype K] [--gamma G] [--profile paper|fast]
+        [--prototype K] [--gamma G] [--profile NAME]   (default: the profile the checkpoint's card names)
 
 writes query_heatmap.png, prototype_heatmap.png, query_masks.npy (D x H x W, float32) and
 explanation.json (prediction, prototype, j_x, iterations, seconds, box).
@@ -30,7 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--prototype", type=int, default=None, help="detection node (default: eq. 12's p_t)")
     p.add_argument("--gamma", type=float, default=OverlayConfig().gamma, help="CAM threshold, 0..D (eq. 15)")
-    p.add_argument("--profile", choices=sorted(MDM_PROFILES), default=DEFAULT_MDM_PROFILE)
+    p.add_argument("--profile", choices=sorted(MDM_PROFILES), default=None,
+                   help="MDM profile (default: the checkpoint card's default profile, else "
+                   f"{DEFAULT_MDM_PROFILE})")
     p.add_argument("--iterations", type=int, default=None, help="override the profile's iterations")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=run)
@@ -81,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
     model = ck.model
     size = model.config.input_size
     x = _read_input(args.file, size)
+    if args.profile is None:
+        from dprotonet_core.explain.mdm import card_default_profile
+
+        args.profile = card_default_profile(ck.card)
     cfg = MDM_PROFILES[args.profile]
     if args.iterations is not None:
         cfg = dataclasses.replace(cfg, iterations=args.iterations)

@@ -31,6 +31,7 @@ import torch
 
 from dprotonet_core.commands._demo_mdm import (
     SAMPLE_CHECKPOINTS,
+    mdm_default_record,
     prototype_mdm_record,
     prototype_side,
     refresh_prototype_side,
@@ -84,6 +85,9 @@ class DemoPlan:
     # paper's backbone rate, as the paper's starts from ImageNet weights. None: backbone_weights or random weights.
     backbone_pretraining: str | None = None
     pretrain_epochs: int = 40
+    # The app's MDM profile for this checkpoint (card "mdm_default_profile"; also its stored prototype side): the
+    # fastest profile that met issue 19's quality bar on it (python -m bench.mdm_quality; README, Benchmarks).
+    mdm_profile: str = DEFAULT_MDM_PROFILE
 
     @property
     def holds_out(self) -> bool:
@@ -126,10 +130,12 @@ def register(subparsers) -> None:
     p.add_argument("--backbone", help="override the backbone of both plans (smoke runs)")
     p.add_argument("--input-size", type=int, help="override the input size of both plans (smoke runs)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--mdm-profile", default=DEFAULT_MDM_PROFILE,
-                   help="MDM profile for the stored prototype side (default: the app's default profile)")
-    p.add_argument("--sample-profiles", nargs="+", default=[DEFAULT_MDM_PROFILE, "paper", "fast"],
-                   help="MDM profiles of the samples' stored explanations")
+    p.add_argument("--mdm-profile", default=None,
+                   help="MDM profile for the stored prototype side (default: each plan's mdm_profile, the profile "
+                   "its card names as the app's default)")
+    p.add_argument("--sample-profiles", nargs="+", default=None,
+                   help="MDM profiles of the samples' stored explanations (default: each checkpoint's default "
+                   f"profile, {DEFAULT_MDM_PROFILE}, paper and fast)")
     p.set_defaults(func=run)
 
 
@@ -295,6 +301,7 @@ def _release(plan: DemoPlan, ckpt, card: dict, vectors, mdm_seconds: float, out:
 
     card["demo_plan"] = dataclasses.asdict(plan)
     card["prototype_mdm"] = prototype_mdm_record(profile, mdm_seconds)
+    card["mdm_default_profile"] = mdm_default_record(plan.mdm_profile)
     card["prototype_sources"] = distinct_source_counts(ckpt)
     card["build_seconds"] = round(time.perf_counter() - t_start, 1)
     images = [ckpt.prototype_image(i) for i in range(len(ckpt.prototypes))]
@@ -542,10 +549,11 @@ def run(args: argparse.Namespace) -> int:
 
             extra["cross_validation"] = card_record(args.palm_cross_validation,
                                                     dataclasses.asdict(plans["ichallenge-pm"]))
-        build(plans["ichallenge-pm"], args.palm, args.out / "ichallenge-pm", extra, args.threads, args.mdm_profile)
+        build(plans["ichallenge-pm"], args.palm, args.out / "ichallenge-pm", extra, args.threads,
+              args.mdm_profile or plans["ichallenge-pm"].mdm_profile)
     if args.only in (None, "rsna-pneumonia"):
         build(plans["rsna-pneumonia"], args.rsna_data, args.out / "rsna-pneumonia", rsna_card(), args.threads,
-              args.mdm_profile)
+              args.mdm_profile or plans["rsna-pneumonia"].mdm_profile)
     if args.only in (None, "samples"):
         split = {"seed": 0, "val_fraction": 0.2, "test_fraction": 0.2, "transform": None}
         palm_test = load_dataset("ichallenge-pm", args.palm, "test", 224, **split)
@@ -560,7 +568,8 @@ def run(args: argparse.Namespace) -> int:
     if args.only == "prototype-mdm":
         for name in SAMPLE_CHECKPOINTS.values():
             if (args.out / name / "card.json").is_file():
-                refresh_prototype_side(args.out / name, args.mdm_profile)
+                refresh_prototype_side(args.out / name, args.mdm_profile or plans[name].mdm_profile,
+                                       {"mdm_default_profile": mdm_default_record(plans[name].mdm_profile)})
     if args.only in (None, "samples", "sample-explanations"):
         store_sample_explanations(args.samples, args.out, args.sample_profiles)
     print(f"make-demo finished in {time.perf_counter() - t0:.0f} s", flush=True)

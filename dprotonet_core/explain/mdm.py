@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dprotonet_core.config import MDM_PROFILES, PAPER_MDM, MDMConfig
+from dprotonet_core.config import DEFAULT_MDM_PROFILE, MDM_PROFILES, PAPER_MDM, MDMConfig
 
 ProgressFn = Callable[[int, int, float], None]  # (step, total steps, current total loss)
 # (step, total steps, the live mask vectors after that step's projection): read them, never modify or keep them
@@ -93,6 +93,15 @@ def method_label(cfg: MDMConfig, name: str | None = None) -> str:
         last = fp32_tail_steps(cfg)
         arithmetic = ", network in bf16" + (f" (its last {last} steps in float32)" if last else "")
     return f"{head}{cfg.optimizer.capitalize()} {cfg.iterations} steps{schedule}{arithmetic}, {loss_label(cfg)}"
+
+
+def card_default_profile(card: dict | None) -> str:
+    """The MDM profile a checkpoint's card names as its default (card["mdm_default_profile"]["profile"]: the fastest
+    profile that met issue 19's quality bar on that checkpoint, python -m bench.mdm_quality), else the config's
+    DEFAULT_MDM_PROFILE. A name that is not a profile is ignored."""
+    record = (card or {}).get("mdm_default_profile")
+    name = record.get("profile") if isinstance(record, dict) else None
+    return name if name in MDM_PROFILES else DEFAULT_MDM_PROFILE
 
 
 def fp32_tail_steps(cfg: MDMConfig) -> int:

@@ -16,6 +16,7 @@ card. `from dprotonet_core import review; review.X` reaches every public name.
 from __future__ import annotations
 
 from dprotonet_core import ood  # noqa: F401 - the review page reads ood.WARNING
+from dprotonet_core.explain.mdm import card_default_profile  # noqa: F401 - the page starts at each model's default
 from dprotonet_core.review.card import (  # noqa: F401
     CARD_SECTIONS,
     PERFORMANCE_CAPTION,
@@ -84,6 +85,7 @@ from dprotonet_core.review.explanation import (  # noqa: F401
     explain,
     explain_cached,
     explanation_key,
+    profile_choice_label,
     prototype_stack,
     stored_explanation,
     stored_explanations_dir,

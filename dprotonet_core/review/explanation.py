@@ -249,6 +249,14 @@ def explain_cached(
     return value
 
 
+def profile_choice_label(name: str, model_default: str) -> str:
+    """The MDM picker's entry for a profile: its short label, and which one is this model's default."""
+    from dprotonet_core.review.settings import MDM_PROFILES as LABELS
+
+    label = LABELS.get(name, name)
+    return f"{label}: this model's default" if name == model_default else label
+
+
 def stored_explanations_dir(environ: dict[str, str] | None = None) -> Path:
     """Where make-demo stores the samples' precomputed explanations: <samples>/explanations."""
     return samples_dir(environ) / "explanations"

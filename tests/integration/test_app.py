@@ -189,8 +189,45 @@ def test_bundled_sample_shows_its_stored_explanation_at_once(name, monkeypatch, 
     assert len(_image_traces(at)) == 2
     assert counter.calls <= 2, f"{counter.calls} network calls: the stored explanation was not used"
     assert "computed when the demo was built" in _texts(at)
-    # each pane says what made it: the query side the default (standard) profile, the prototype side what the card
-    # records (the same profile since the prototype sides were recomputed with it)
-    assert ("Your image: standard profile: Adam 200 steps, lr decayed over the last 25% of steps, network in bf16, "
-            "loss eq. 13 / 14 with the deletion-scaled distance") in _texts(at)
-    assert "Prototype: standard profile: Adam 200 steps" in _texts(at)
+    # each pane says what made it: the query side the profile this model's card names as its default (the picker
+    # starts there), the prototype side what the card records (made with that same profile)
+    from dprotonet_core.checkpoint import load_checkpoint
+    from dprotonet_core.explain import mdm
+
+    card = load_checkpoint(REPO / "assets" / "checkpoints" / name).card
+    default = mdm.card_default_profile(card)
+    assert at.sidebar.selectbox(key="mdm_profile").value == default
+    label = mdm.method_label(mdm.profile(default), default)
+    assert f"Your image: {label}; computed when the demo was built" in _texts(at)
+    assert card["prototype_mdm"]["profile"] == default
+    assert f"Prototype: {default} profile: Adam {mdm.profile(default).iterations} steps" in _texts(at)
+
+
+def test_each_model_starts_at_the_profile_its_card_names_and_keeps_the_users_choice(monkeypatch, tmp_path):
+    """A card's mdm_default_profile is where the MDM picker starts for that model, marked as its default; a choice
+    the user makes holds across reruns; a card without one starts at the config's default."""
+    import json
+
+    from dprotonet_core.config import DEFAULT_MDM_PROFILE
+    from tests.app_support import make_tiny_checkpoint
+
+    folder = make_tiny_checkpoint(tmp_path / "models" / "tiny-fast-default")
+    card = json.loads((folder / "card.json").read_text())
+    card["mdm_default_profile"] = {"profile": "fast"}
+    (folder / "card.json").write_text(json.dumps(card))  # the card's hashes cover the other files, not itself
+    monkeypatch.setenv("DPROTONET_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("DPROTONET_SAMPLES_DIR", str(tmp_path / "no-samples"))
+    monkeypatch.setenv("DPROTONET_BUNDLED", "0")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    upload(at, "chest.dcm", REAL_DICOM.read_bytes())
+    picker = at.sidebar.selectbox(key="mdm_profile")
+    from dprotonet_core import review
+
+    labels = dict(zip(review.MDM_PROFILES, picker.options))
+    assert picker.value == "fast" and DEFAULT_MDM_PROFILE != "fast"
+    assert labels["fast"].endswith(": this model's default")
+    assert [name for name, text in labels.items() if "default" in text] == ["fast"]
+    assert "Your image: fast profile: Adam 100 steps" in _texts(at)
+    picker.set_value(DEFAULT_MDM_PROFILE).run()
+    at.run()
+    assert not at.exception and at.sidebar.selectbox(key="mdm_profile").value == DEFAULT_MDM_PROFILE

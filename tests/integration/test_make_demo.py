@@ -79,6 +79,7 @@ def test_palm_plan_trains_on_every_image_and_takes_its_figures_from_the_cross_va
     assert "test_accuracy" not in card["metrics"] and "table4_test_accuracy" not in card["metrics"]
     assert "no held-out split" in card["metrics"]["test_measured_on"]
     assert card["metrics"]["selected_on"].startswith("nothing (no validation split)")  # the last state, not a pick
+    assert card["mdm_default_profile"]["profile"] == plan.mdm_profile  # where the app and `explain` start
     assert "5-fold cross-validation" in card["metrics"]["test_measured_on"]
     assert card["training_data"]["split"]["test_ids"] == [] and card["training_data"]["split"]["val_fraction"] == 0
     assert card["ood"]["validation_images"] == 0 and card["ood"]["flag_above"].startswith("training")

@@ -353,7 +353,8 @@ def test_an_fp32_tail_computes_the_last_steps_of_a_bf16_run_in_float32_and_the_l
     mdm.optimise_mask_vectors(tiny_model, x, node.mask_index, target, quarter)
     steps = dtypes[1:-1]  # after the blank image's scale, before the final float32 objective
     assert steps == [torch.bfloat16] * 6 + [torch.float32] * 2
-    assert mdm.fp32_tail_steps(quarter) == 2 and mdm.fp32_tail_steps(dataclasses.replace(quarter, precision="fp32")) == 0
+    assert mdm.fp32_tail_steps(quarter) == 2
+    assert mdm.fp32_tail_steps(dataclasses.replace(quarter, precision="fp32")) == 0
     assert "network in bf16 (its last 2 steps in float32)" in mdm.method_label(quarter)
     assert "float32)" not in mdm.method_label(dataclasses.replace(quarter, fp32_tail=0.0))
 
@@ -398,3 +399,15 @@ def test_tail_schedule_is_constant_then_a_cosine_to_lr_min_and_the_label_says_so
     assert "decayed" not in mdm.method_label(PAPER_MDM)
     with pytest.raises(ValueError):
         mdm._learning_rate(dataclasses.replace(cfg, lr_schedule="step"), 0)
+
+
+def test_a_card_names_its_default_profile_and_anything_else_falls_back_to_the_configs():
+    from dprotonet_core.commands._demo_mdm import mdm_default_record
+    from dprotonet_core.config import DEFAULT_MDM_PROFILE
+
+    assert mdm.card_default_profile({"mdm_default_profile": {"profile": "paper"}}) == "paper"
+    for card in (None, {}, {"mdm_default_profile": {"profile": "no-such-profile"}}, {"mdm_default_profile": "paper"}):
+        assert mdm.card_default_profile(card) == DEFAULT_MDM_PROFILE
+    record = mdm_default_record("paper")
+    assert mdm.card_default_profile({"mdm_default_profile": record}) == "paper"
+    assert record["method"] == mdm.method_label(MDM_PROFILES["paper"], "paper") and "quality bar" in record["chosen_by"]
