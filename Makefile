@@ -53,7 +53,7 @@ checkpoints: install
 	$(EVAL) --limit 40 --checkpoint assets/checkpoints/rsna-pneumonia --dataset rsna --data $(RSNA_DATA) \
 		--methods mdm-standard gradcam gradcam++ scorecam ablationcam --out runs/eval-rsna
 	$(EVAL_ALL) --limit 4 --checkpoint assets/checkpoints/ichallenge-pm --dataset ichallenge-pm --data $(PALM_DATA) \
-		--out runs/eval-palm
+		--methods mdm-thorough mdm-paper gradcam gradcam++ scorecam ablationcam --out runs/eval-palm
 
 bench: install-dev
 	$(PY) -m bench.mdm_speed

@@ -14,7 +14,8 @@ from dprotonet_core.config import EvalConfig, OverlayConfig
 from dprotonet_core.explain import baselines
 from dprotonet_core.model.dprotonet import DProtoNet
 
-MDM_METHODS = {"mdm-standard": "standard", "mdm-paper": "paper", "mdm-fast": "fast", "mdm-printed": "printed"}
+MDM_METHODS = {"mdm-standard": "standard", "mdm-thorough": "thorough", "mdm-paper": "paper", "mdm-fast": "fast",
+               "mdm-printed": "printed"}
 ALL_METHODS: tuple[str, ...] = (*MDM_METHODS, *baselines.METHODS)
 # what `evaluate` runs unless told otherwise (eq. 13 as printed is one --methods away)
 DEFAULT_METHODS: tuple[str, ...] = ("mdm-standard", "mdm-paper", *baselines.METHODS)
