@@ -223,8 +223,9 @@ def long_path(k: int, precision: str = "bf16") -> MDMConfig:
 # reported objective stay float32; float32 where bf16 is not native, explain.mdm.runnable); the same loss as the
 # paper protocol. Chosen as the fastest variant that meets issue 19's quality bar against the 1,600-step
 # reference on both bundled checkpoints as they were then (the RSNA one is still shipped; the iChallenge-PM one was
-# since rebuilt, and on the rebuilt one it missed: THOROUGH_MDM below): python -m bench.mdm_quality, 12 test-split images each, 1 thread per
-# checkpoint run side by side on this 2-core CPU (bench/results/mdm-quality-*.jsonl), medians (worst):
+# since rebuilt, and on the rebuilt one it missed: THOROUGH_MDM below): python -m bench.mdm_quality, 12 test-split
+# images each, 1 thread per checkpoint run side by side on this 2-core CPU (bench/results/mdm-quality-*.jsonl),
+# medians (worst):
 #   iChallenge-PM: objective - paper protocol's -0.034 (-0.005), r of S 0.996 (0.955), top-20% IoU 0.953 (0.876);
 #                  paper protocol itself r 0.992 (0.941), IoU 0.930 (0.766); 19.6 s against 148 s
 #   RSNA:          objective - paper protocol's -0.029 (+0.051), r 0.978 (0.897), IoU 0.836 (0.607);
