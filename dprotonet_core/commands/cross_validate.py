@@ -42,9 +42,11 @@ def register(subparsers) -> None:
     p.add_argument("--views", type=int, help="override R")
     p.add_argument("--backbone", help="override the backbone (smoke runs)")
     p.add_argument("--input-size", type=int, help="override the input size (smoke runs)")
-    p.add_argument("--backbone-pretraining", choices=("same-images",),
-                   help="override the plan's: train f_b as a plain classifier on the fold's training images first "
-                   "(that classifier is then the fold's baseline) and start DProtoNet from it")
+    p.add_argument("--backbone-pretraining", choices=("same-images", "none"),
+                   help="override the plan's: same-images trains f_b as a plain classifier on the fold's training "
+                   "images first (that classifier is then the fold's baseline) and starts DProtoNet from it; none "
+                   "starts DProtoNet from the plan's backbone weights (random ones for PALM) and trains the "
+                   "backbone-only baseline alongside for the same epochs")
     p.add_argument("--pretrain-epochs", type=int, help="override the plan's epochs of that first stage")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-baseline", action="store_true", help="DProtoNet only")
@@ -70,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"epochs": args.epochs, "views": args.views, "backbone": args.backbone, "input_size": args.input_size,
                  "backbone_pretraining": args.backbone_pretraining, "pretrain_epochs": args.pretrain_epochs}
     plan = dataclasses.replace(palm_plan(), **{k: v for k, v in overrides.items() if v is not None})
+    if plan.backbone_pretraining == "none":
+        plan = dataclasses.replace(plan, backbone_pretraining=None)
     # the stacked recipe's baseline is its first stage (trained anyway); the loop's own baseline would be another
     plan = dataclasses.replace(plan, baseline=not args.no_baseline and plan.backbone_pretraining is None)
     stacked = plan.backbone_pretraining == "same-images"

@@ -177,7 +177,8 @@ def test_cross_validate_trains_dprotonet_and_its_backbone_on_the_same_folds(tmp_
     _palm_like(data, per_class=10)
     out = tmp_path / "cv"
     argv = ["cross-validate", "--data", str(data), "--folds", "2", "--out", str(out), "--epochs", "2",
-            "--views", "2", "--backbone", "tiny_cnn", "--input-size", "32", "--threads", "1"]
+            "--views", "2", "--backbone", "tiny_cnn", "--input-size", "32", "--threads", "1",
+            "--backbone-pretraining", "none"]  # the recipe with its baseline trained alongside, epoch for epoch
     assert main([*argv, "--only", "0"]) == 0
     folds = json.loads((out / "folds.json").read_text())["folds"]
     assert sorted(i for f in folds for i in f) == list(range(20))
@@ -218,7 +219,8 @@ def test_cross_validate_resumes_a_fold_cut_short(tmp_path, monkeypatch):
     _palm_like(data, per_class=6)
     out = tmp_path / "cv"
     argv = ["cross-validate", "--data", str(data), "--folds", "2", "--out", str(out), "--epochs", "2",
-            "--views", "2", "--backbone", "tiny_cnn", "--input-size", "32", "--threads", "1", "--only", "0"]
+            "--views", "2", "--backbone", "tiny_cnn", "--input-size", "32", "--threads", "1", "--only", "0",
+            "--backbone-pretraining", "none"]
     real = loop.train_baseline
 
     def stopped(*args, **kwargs):

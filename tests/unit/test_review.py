@@ -385,5 +385,7 @@ def test_prediction_headline_names_the_threshold_it_was_compared_with(checkpoint
 
 def test_stored_prototype_heatmaps_say_how_they_were_made(checkpoint):
     bundled = review.load_model(REPO / "assets" / "checkpoints" / "ichallenge-pm")
-    assert review.stored_prototype_method(bundled).startswith("standard profile: Adam 200 steps, lr decayed")
+    default = review.card_default_profile(bundled.card)  # the prototype side is made with the model's default
+    assert default == "thorough"
+    assert review.stored_prototype_method(bundled).startswith("thorough profile: Adam 400 steps, lr decayed")
     assert "not recorded" in review.stored_prototype_method(checkpoint)  # the tiny test model keeps no record
