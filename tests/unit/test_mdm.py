@@ -302,19 +302,31 @@ def test_method_labels_name_the_loss():
     assert "deletion-scaled distance, eta 0.4" in mdm.loss_label(MDMConfig())
 
 
+def _bf16_query(model, monkeypatch):
+    """bf16 taken as native, a random image, its detection node and eq. 13's target z_jx(x)."""
+    monkeypatch.setattr(mdm, "fast_bf16", lambda device_type="cpu": True)
+    x = torch.rand(3, 64, 64)
+    node = mdm.detection_node(model, x)
+    with torch.no_grad():
+        target = model.feature_vectors(x[None], node.mask_index)[0]
+    return x, node, target
+
+
+def _record_feature_dtypes(model, monkeypatch):
+    """(the real feature_vectors, the list its patched twin appends each call's output dtype to)."""
+    dtypes = []
+    real = model.feature_vectors
+    monkeypatch.setattr(model, "feature_vectors", lambda *a, **k: dtypes.append(real(*a, **k).dtype) or
+                        real(*a, **k))
+    return real, dtypes
+
+
 def test_bf16_steps_keep_a_float32_objective_and_follow_the_float32_path(tiny_model, monkeypatch):
     """precision "bf16": the network runs under autocast during the steps, the reported objective is float32 at the
     returned vectors (equal to eq. 13 by hand), and the answer stays close to the float32 run's."""
-    monkeypatch.setattr(mdm, "fast_bf16", lambda device_type="cpu": True)
-    x = torch.rand(3, 64, 64)
-    node = mdm.detection_node(tiny_model, x)
-    with torch.no_grad():
-        target = tiny_model.feature_vectors(x[None], node.mask_index)[0]
+    x, node, target = _bf16_query(tiny_model, monkeypatch)
     cfg = _cfg(iterations=30, lr=0.05)
-    dtypes = []
-    real = tiny_model.feature_vectors
-    monkeypatch.setattr(tiny_model, "feature_vectors", lambda *a, **k: dtypes.append(real(*a, **k).dtype) or
-                        real(*a, **k))
+    real, dtypes = _record_feature_dtypes(tiny_model, monkeypatch)
     low = mdm.optimise_mask_vectors(tiny_model, x, node.mask_index, target, dataclasses.replace(cfg, precision="bf16"))
     assert torch.bfloat16 in dtypes  # the steps ran in bf16 ...
     assert dtypes[-1] == torch.float32  # ... and the final objective in float32
@@ -335,20 +347,13 @@ def test_an_fp32_tail_computes_the_last_steps_of_a_bf16_run_in_float32_and_the_l
                                                                                                  monkeypatch):
     """fp32_tail: the last round(iterations * fp32_tail) steps run without autocast. All of them in float32 is the
     float32 run, vector for vector; a quarter of 8 steps is the last 2 network passes of the steps in float32."""
-    monkeypatch.setattr(mdm, "fast_bf16", lambda device_type="cpu": True)
-    x = torch.rand(3, 64, 64)
-    node = mdm.detection_node(tiny_model, x)
-    with torch.no_grad():
-        target = tiny_model.feature_vectors(x[None], node.mask_index)[0]
+    x, node, target = _bf16_query(tiny_model, monkeypatch)
     cfg = _cfg(iterations=8, lr=0.05)
     full = mdm.optimise_mask_vectors(tiny_model, x, node.mask_index, target, cfg)
     all_fp32 = dataclasses.replace(cfg, precision="bf16", fp32_tail=1.0)
     same = mdm.optimise_mask_vectors(tiny_model, x, node.mask_index, target, all_fp32)
     assert all(torch.equal(a, b) for a, b in zip(full.vectors, same.vectors))
-    dtypes = []
-    real = tiny_model.feature_vectors
-    monkeypatch.setattr(tiny_model, "feature_vectors", lambda *a, **k: dtypes.append(real(*a, **k).dtype) or
-                        real(*a, **k))
+    real, dtypes = _record_feature_dtypes(tiny_model, monkeypatch)
     quarter = dataclasses.replace(cfg, precision="bf16", fp32_tail=0.25)
     mdm.optimise_mask_vectors(tiny_model, x, node.mask_index, target, quarter)
     steps = dtypes[1:-1]  # after the blank image's scale, before the final float32 objective
