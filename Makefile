@@ -38,7 +38,7 @@ lint: install-dev
 # file is absent), then measures and attaches their evaluation reports (long: see assets/checkpoints/README.md).
 SHARED_DATA ?= ../shared/data
 PALM_DATA ?= $(SHARED_DATA)/palm-training400-224
-RSNA_DATA ?= $(SHARED_DATA)/rsna-real
+RSNA_DATA ?= $(SHARED_DATA)/rsna-real $(SHARED_DATA)/rsna-real-256
 EVAL := $(PY) -m dprotonet_core evaluate --split test --attach --no-progress --threads 2
 # The iChallenge-PM checkpoint trains on all 400 PALM photographs (no test split exists in the data): its
 # explanation figures are on training images (the report says so), its accuracy is the cross-validation's.

@@ -114,6 +114,23 @@ class TrainConfig:
     # p(class 1), two-class tasks). DEVIATION for imbalanced data (RSNA, 1:3): accuracy there rewards a model
     # that calls everything negative (0.75), and the card's decision threshold is chosen after selection.
     select_on: str = "accuracy"
+    # "min_view_auc" (DEVIATION for view-confounded data, the RSNA plan): the lower of the validation ROC AUCs
+    # within each view (AP and PA films separately). A network that only recognises the view scores 0.5 within
+    # each view, so this criterion cannot be won by the shortcut; the overall AUC can.
+    # DEVIATION (opt-in, RSNA): "view_label" draws training images so that every (view, label) cell has the same
+    # total probability (train/sampling.py): view and label independent in what the network trains on, classes
+    # balanced. None: uniform shuffling (the paper).
+    balanced_sampling: str | None = None
+    # How the last-layer phase runs. "epochs": `last_layer_epochs` epochs at lr_last_layer_only (ProtoPNet).
+    # "converged" (DEVIATION, the demo plans): eq. 4 over f_h alone, which is convex once f_b, f_a and P are fixed,
+    # minimised full-batch on the training images' activations until its loss settles (train/last_layer.py).
+    # Why: the RSNA checkpoint trained with 5 epochs at 1e-4 kept its initial last layer (0.99 / -0.51 against
+    # 1 / -0.5; off-class L1 10.0 -> 9.95 over the whole run), so its softmax was the initialisation's.
+    last_layer_fit: str = "epochs"
+    lr_last_layer_fit: float = 1e-2
+    last_layer_max_steps: int = 5000
+    last_layer_window: int = 50
+    last_layer_tol: float = 1e-5
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,14 @@ from dprotonet_core.data.registry import DATASETS, load_dataset, train_augmentat
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="layout of --data")
-    parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder")
+    parser.add_argument("--data", required=True, metavar="DIR", action="extend", nargs="+",
+                        help="dataset folder; RSNA takes several (--data A --data B), loaded as one dataset")
+
+
+def data_root(values):
+    """--data as the loaders take it: one folder as a str, several as a list of str."""
+    values = [str(v) for v in ([values] if isinstance(values, (str, bytes)) else values)]
+    return values[0] if len(values) == 1 else values
 
 
 def load_splits(

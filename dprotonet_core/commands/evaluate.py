@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from dprotonet_core.checkpoint import CheckpointError
+from dprotonet_core.commands._data import data_root
 from dprotonet_core.config import EvalConfig
 from dprotonet_core.data.registry import DATASETS
 from dprotonet_core.evaluate.cams import ALL_METHODS, DEFAULT_METHODS
@@ -22,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder (card.json, model.safetensors)")
-    parser.add_argument("--data", required=True, help="dataset root in its publisher's layout")
+    parser.add_argument("--data", required=True, action="extend", nargs="+",
+                        help="dataset root in its publisher's layout; RSNA takes several (--data A --data B)")
     parser.add_argument("--out", required=True, help="folder for metrics.json, table5.md/.csv, curves, figures")
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="folder")
     parser.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=list(DEFAULT_METHODS), metavar="METHOD",
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     request = EvalRequest(
-        checkpoint=args.checkpoint, data=args.data, out=args.out, dataset=args.dataset, methods=args.methods,
+        checkpoint=args.checkpoint, data=data_root(args.data), out=args.out, dataset=args.dataset, methods=args.methods,
         limit=args.limit, split=args.split, attach=args.attach, device=_device(args.device),
         top_percent=args.top_percent,
     )

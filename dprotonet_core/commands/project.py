@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from dprotonet_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-    from dprotonet_core.commands._data import augmentation, load_splits
+    from dprotonet_core.commands._data import augmentation, data_root, load_splits
     from dprotonet_core.config import TrainConfig
     from dprotonet_core.train.epochs import accuracy
     from dprotonet_core.train.projection import project_prototypes, prototype_records
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     seed = int(split.get("seed", card.get("seed", 0)))
     val_fraction = float(split.get("val_fraction", TrainConfig().val_fraction))
     size = model.config.input_size
-    train_ds, val_ds = load_splits(args.dataset, args.data, size, val_fraction, seed)
+    train_ds, val_ds = load_splits(args.dataset, data_root(args.data), size, val_fraction, seed)
     if list(train_ds.classes) != ckpt.classes:
         print(f"error: the data's classes {train_ds.classes} differ from the checkpoint's {ckpt.classes}",
               file=sys.stderr)

@@ -8,7 +8,7 @@ import json
 import shlex
 import sys
 
-from dprotonet_core.commands._data import add_data_arguments, augmentation, load_splits
+from dprotonet_core.commands._data import add_data_arguments, augmentation, data_root, load_splits
 from dprotonet_core.config import LossConfig, ModelConfig, TrainConfig
 from dprotonet_core.data.registry import dataset_spec
 from dprotonet_core.model.backbones import BACKBONES
@@ -63,13 +63,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.backbone_lr is not None:
         cfg = dataclasses.replace(cfg, lr_backbone=args.backbone_lr, lr_backbone_scratch=args.backbone_lr)
-    train_ds, val_ds = load_splits(args.dataset, args.data, args.input_size, args.val_fraction, args.seed)
+    train_ds, val_ds = load_splits(args.dataset, data_root(args.data), args.input_size, args.val_fraction, args.seed)
     model_cfg = ModelConfig(backbone=args.backbone, input_size=args.input_size, num_classes=len(train_ds.classes),
                             prototypes_per_class=args.prototypes_per_class)
     card = {
         "task": dataset_spec(args.dataset).task,
         "synthetic": bool(args.synthetic),
-        "training_data": {"dataset": args.dataset, "root": args.data},
+        "training_data": {"dataset": args.dataset, "root": data_root(args.data)},
     }
     options = TrainOptions(
         classes=train_ds.classes, augment=augmentation(args.dataset, args.input_size, args.seed),

@@ -8,12 +8,16 @@ A patient with several boxes has several rows; a negative patient has one row wi
 in pixels of the 1024 x 1024 originals whatever size the files are. Splits are by patient (one image per
 patient), stratified by Target x ViewPosition when the views are known (the view is confounded with the label:
 most positives are AP bedside films), else by Target.
+
+Several folders load as one dataset (`load_rsna([A, B])`, the CLI's `--data A --data B`): each item records its
+folder's name (attribute "folder"), the split is stratified by Target x view x folder, and each image's boxes
+are scaled from the labels' 1024-px frame to the model's input by the frame, whatever the file's own size.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -36,7 +40,7 @@ IMAGE_FORMATS = {".dcm": "DICOM", ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"
 BOX_FRAME = 1024  # the labels' boxes are in pixels of the 1024 x 1024 originals, whatever the file size
 _COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 
-__all__ = ["CLASSES", "boxes_to_mask", "load_rsna", "read_rsna_labels"]
+__all__ = ["CLASSES", "boxes_to_mask", "load_rsna", "read_rsna_labels", "roots_of", "union_items"]
 
 
 def read_rsna_labels(csv_path: Path) -> dict[str, tuple[int, list[Box]]]:
@@ -80,8 +84,10 @@ def _image_files(images: Path) -> dict[str, Path]:
     return files
 
 
-def rsna_items(root: Path) -> list[Item]:
-    """All patients of an RSNA folder as items; the layout is validated, missing paths are named."""
+def rsna_items(root: Path, folder_in_stratum: bool = False) -> list[Item]:
+    """All patients of an RSNA folder as items; the layout is validated, missing paths are named. Each item's
+    attributes name its view and folder; `folder_in_stratum` adds the folder to the splitting stratum (several
+    folders loaded together)."""
     root = Path(root)
     csv_path = require(root / LABELS_CSV, "RSNA labels CSV")
     images = require(root / IMAGES_DIR, "RSNA image folder")
@@ -99,13 +105,38 @@ def rsna_items(root: Path) -> list[Item]:
     items = []
     for pid, (target, boxes) in labels.items():
         view = views.get(pid)
+        attributes = {"view": view} if view else {}
+        attributes["folder"] = root.name
+        stratum = f"{view or ''}|{root.name}" if folder_in_stratum else view
         items.append(Item(id=pid, path=files[pid], label=target, boxes=boxes, box_frame=(BOX_FRAME, BOX_FRAME),
-                          stratum=view, attributes={"view": view} if view else {}))
+                          stratum=stratum, group=pid if folder_in_stratum else None, attributes=attributes))
+    return items
+
+
+def roots_of(root: Path | str | Sequence[Path | str]) -> list[Path]:
+    """One folder or several, as a list of paths (a str or Path is one folder)."""
+    if isinstance(root, (str, Path)):
+        return [Path(root)]
+    return [Path(r) for r in root]
+
+
+def union_items(roots: Sequence[Path]) -> list[Item]:
+    """The items of every folder, in folder order; a patient in two folders is refused (a split by patient
+    could then put one film in training and the other in the test)."""
+    several = len(roots) > 1
+    items: list[Item] = []
+    seen: dict[str, Path] = {}
+    for root in roots:
+        for item in rsna_items(root, folder_in_stratum=several):
+            if item.id in seen:
+                raise DatasetLayoutError(f"patient {item.id} is in both {seen[item.id]} and {root}")
+            seen[item.id] = root
+            items.append(item)
     return items
 
 
 def load_rsna(
-    root: Path | str,
+    root: Path | str | Sequence[Path | str],
     split: str = "all",
     size: int = 224,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -114,6 +145,7 @@ def load_rsna(
     seed: int = 0,
     cache: bool = True,
 ) -> ImageDataset:
-    """The RSNA dataset (classes ["no pneumonia", "pneumonia"]) for one patient-level split."""
-    items = split_items(rsna_items(Path(root)), split, val_fraction, test_fraction, seed)
+    """The RSNA dataset (classes ["no pneumonia", "pneumonia"]) for one patient-level split of one folder or of
+    several folders together."""
+    items = split_items(union_items(roots_of(root)), split, val_fraction, test_fraction, seed)
     return ImageDataset(items, CLASSES, size, transform, cache=cache, name="rsna")

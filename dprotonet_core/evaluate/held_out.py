@@ -37,20 +37,57 @@ def figures_by_view(labels: np.ndarray, predicted: np.ndarray, scores: np.ndarra
     return out
 
 
-def held_out_metrics(model, dataset, threshold: float | None = None, batch_size: int = 32) -> dict:
-    """The card's figures on a split: binary_figures deciding by the card's threshold (None: argmax), with the
-    split's size as `images`, and `by_view` when the items carry a view. `model` is a DProtoNet or a plain
-    classifier; positive = class 1."""
-    from dprotonet_core.inference import decide
-    from dprotonet_core.train.pretrain import predict_scores
+def shortcut_auc(labels: np.ndarray, views: Sequence[str | None], shortcut_view: str = "AP",
+                 positive: int = 1) -> float | None:
+    """ROC AUC of the view alone as the score (1 for a `shortcut_view` film, 0 otherwise): what recognising a
+    bedside film earns on these images. None when a class is missing or no image names a view."""
+    y = np.asarray(labels)
+    if not any(views) or len(set(y.tolist())) != 2:
+        return None
+    score = np.asarray([1.0 if v == shortcut_view else 0.0 for v in views])
+    return M.roc_auc(y, score, positive)
 
-    scores, labels = predict_scores(model, dataset, batch_size)
-    predicted = decide(np.stack([1 - scores, scores], 1), threshold)
+
+def subset_figures(labels: np.ndarray, predicted: np.ndarray, scores: np.ndarray,
+                   views: Sequence[str | None], calibrated: bool) -> dict:
+    """binary_figures in the card's names, with the view shortcut's own AUC on the same images and, for a
+    calibrated probability, its calibration figures (ECE, reliability bins)."""
+    from dprotonet_core.calibration import calibration_figures
+
     out = _card_keys(binary_figures(labels, predicted, scores))
-    views = [getattr(it, "attributes", {}).get("view") for it in getattr(dataset, "items", [])]
-    by_view = figures_by_view(labels, predicted, scores, views)
-    if by_view:
-        out["by_view"] = {v: _card_keys(f) for v, f in by_view.items()}
+    out["view_shortcut_auc"] = shortcut_auc(labels, views)
+    if calibrated and len(labels):
+        out["calibration"] = calibration_figures(scores, labels)
+    return out
+
+
+def held_out_metrics(model, dataset, threshold: float | None = None, batch_size: int = 32,
+                     calibration: dict | None = None) -> dict:
+    """The card's figures on a split: binary_figures deciding by the card's threshold (None: argmax) on p(class 1)
+    (calibrated by the card's `calibration` record when given), with the split's size as `images`, the view
+    shortcut's AUC, `by_view` and `by_folder` when the items carry them, and ECE with the reliability bins when
+    the probability is calibrated. `model` is a DProtoNet or a plain classifier; positive = class 1."""
+    from dprotonet_core.calibration import calibrated_probability, dataset_margins
+    from dprotonet_core.inference import decide
+
+    margins, labels = dataset_margins(model, dataset, batch_size)
+    scores = calibrated_probability(margins, calibration)
+    predicted = decide(np.stack([1 - scores, scores], 1), threshold)
+    items = getattr(dataset, "items", [])
+    views = [getattr(it, "attributes", {}).get("view") for it in items] or [None] * len(labels)
+    folders = [getattr(it, "attributes", {}).get("folder") for it in items] or [None] * len(labels)
+    calibrated = calibration is not None
+    out = subset_figures(labels, predicted, scores, views, calibrated)
+    for key, values in (("by_view", views), ("by_folder", folders)):
+        names = sorted({v for v in values if v})
+        if key == "by_folder" and len(names) < 2:
+            continue
+        if names:
+            out[key] = {}
+            for name in names:
+                keep = np.asarray([v == name for v in values])
+                out[key][name] = subset_figures(labels[keep], predicted[keep], scores[keep],
+                                                [v for v, k in zip(views, keep) if k], calibrated)
     return out
 
 
@@ -62,7 +99,8 @@ def _card_keys(figures: dict) -> dict:
 
 
 def projection_comparison(model, train_ds, test_ds, views: int, augment, seed: int,
-                          threshold: float | None = None, distinct: bool = False) -> dict:
+                          threshold: float | None = None, distinct: bool = False,
+                          calibration: dict | None = None) -> dict:
     """Table 4 on a trained network: held-out accuracy after single-image (R = 1) and after multi-image
     (R = views) projection (eq. 9-11) from the same prototypes. The model is left unchanged."""
     from dprotonet_core.train.projection import project_prototypes
@@ -74,10 +112,11 @@ def projection_comparison(model, train_ds, test_ds, views: int, augment, seed: i
             model.prototypes.copy_(original)
         project_prototypes(model, train_ds, views=r, augment=None if r == 1 else augment,
                            labels=train_ds.labels, generator_seed=seed, distinct=distinct)
-        out[f"R={r}"] = held_out_metrics(model, test_ds, threshold)["accuracy"]
+        out[f"R={r}"] = held_out_metrics(model, test_ds, threshold, calibration=calibration)["accuracy"]
     with torch.no_grad():
         model.prototypes.copy_(original)
     return out
 
 
-__all__ = ["binary_figures", "figures_by_view", "held_out_metrics", "projection_comparison"]
+__all__ = ["binary_figures", "figures_by_view", "held_out_metrics", "projection_comparison", "shortcut_auc",
+           "subset_figures"]

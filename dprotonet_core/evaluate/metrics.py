@@ -106,14 +106,22 @@ def roc_auc(y_true: np.ndarray, scores: np.ndarray, positive: int = 1) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
-def choose_threshold(y_true: np.ndarray, scores: np.ndarray, rule: str = "youden", positive: int = 1) -> float:
+THRESHOLD_RULES = ("youden", "accuracy", "accuracy_at_sensitivity")
+
+
+def choose_threshold(y_true: np.ndarray, scores: np.ndarray, rule: str = "youden", positive: int = 1,
+                     min_sensitivity: float = 0.5) -> float:
     """A decision threshold on p(positive) from labelled (validation) scores; the answer is positive when
     score >= threshold.
 
     "youden": maximise Youden's J = sensitivity + specificity - 1 (equal weight to a missed positive and a
-    false alarm in proportion to each class's size); "accuracy": maximise accuracy. Ties go to the higher
-    threshold; the threshold is placed midway between the chosen score and the next lower one.
+    false alarm in proportion to each class's size); "accuracy": maximise accuracy; "accuracy_at_sensitivity":
+    maximise accuracy among thresholds whose sensitivity is at least `min_sensitivity` (the paper's RSNA row:
+    accuracy 0.822 at sensitivity 0.498). Ties go to the higher threshold; the threshold is placed midway between
+    the chosen score and the next lower one.
     """
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}: use {', '.join(THRESHOLD_RULES)}")
     y = np.asarray(y_true) == positive
     scores = np.asarray(scores, float)
     if y.all() or not y.any():
@@ -123,9 +131,12 @@ def choose_threshold(y_true: np.ndarray, scores: np.ndarray, rule: str = "youden
     for value in values:
         pred = scores >= value
         sens, spec = (pred & y).sum() / y.sum(), (~pred & ~y).sum() / (~y).sum()
-        score = sens + spec - 1 if rule == "youden" else (pred == y).mean()
-        if rule not in ("youden", "accuracy"):
-            raise ValueError(f"unknown threshold rule {rule!r}: use youden or accuracy")
+        if rule == "youden":
+            score = sens + spec - 1
+        elif rule == "accuracy_at_sensitivity" and sens < min_sensitivity:
+            continue
+        else:
+            score = (pred == y).mean()
         if score > best + 1e-12:
             best, best_value = score, float(value)
     lower = scores[scores < best_value]

@@ -66,3 +66,15 @@ class TensorImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i], self.labels[i]
+
+
+def attribute_values(dataset: Dataset, key: str) -> list[str | None]:
+    """Item attribute `key` (e.g. "view") of every index of `dataset` (an ImageDataset, or a SubsetView of one);
+    None where an item has no such attribute or the dataset carries no items."""
+    if isinstance(dataset, SubsetView):
+        base = attribute_values(dataset.base, key)
+        return [base[i] for i in dataset.indices] if base else [None] * len(dataset)
+    items = getattr(dataset, "items", None)
+    if items is None:
+        return [None] * len(dataset)
+    return [getattr(it, "attributes", {}).get(key) for it in items]

@@ -131,12 +131,30 @@ def accuracy(model: torch.nn.Module, dataset: Dataset, batch_size: int, device: 
     return correct / len(dataset)
 
 
-def val_auc(model: torch.nn.Module, dataset: Dataset, batch_size: int) -> float | None:
-    """ROC AUC of p(class 1) on an un-augmented two-class dataset; None if empty."""
+SELECTION_KEYS = {"accuracy": "val_accuracy", "auc": "val_auc", "min_view_auc": "val_min_view_auc"}
+SELECTION_LABELS = {"accuracy": "validation accuracy", "auc": "validation ROC AUC",
+                    "min_view_auc": "the lower of the validation ROC AUCs within AP and within PA films"}
+
+
+def validation_figures(model: torch.nn.Module, dataset: Dataset, batch_size: int,
+                       views: list[str | None] | None = None) -> dict:
+    """ROC AUC of p(class 1) on an un-augmented two-class dataset, overall and within each view when `views`
+    names them: {"val_auc", "val_auc_by_view", "val_min_view_auc"} (the last two only with views; an AUC is None
+    where a subset lacks a class)."""
     from dprotonet_core.evaluate.metrics import roc_auc
     from dprotonet_core.train.pretrain import predict_scores
 
     if len(dataset) == 0:
-        return None
+        return {"val_auc": None}
     scores, labels = predict_scores(model, dataset, batch_size)
-    return roc_auc(labels, scores)
+    out: dict = {"val_auc": roc_auc(labels, scores) if len(set(labels.tolist())) == 2 else None}
+    if views and any(views):
+        by_view = {}
+        for view in sorted({v for v in views if v}):
+            keep = [v == view for v in views]
+            y, p = labels[keep], scores[keep]
+            by_view[view] = roc_auc(y, p) if len(set(y.tolist())) == 2 else None
+        out["val_auc_by_view"] = by_view
+        known = [a for a in by_view.values() if a is not None]
+        out["val_min_view_auc"] = min(known) if known else None
+    return out

@@ -39,11 +39,20 @@ from dprotonet_core.model.dprotonet import (
     DProtoNet,
 )
 from dprotonet_core.train import resume as resume_state
-from dprotonet_core.train.data import SubsetView, Transform
-from dprotonet_core.train.epochs import accuracy, recalibrate_batch_norm, run_epoch, val_auc
+from dprotonet_core.train.data import SubsetView, Transform, attribute_values
+from dprotonet_core.train.epochs import (
+    SELECTION_KEYS,
+    SELECTION_LABELS,
+    accuracy,
+    recalibrate_batch_norm,
+    run_epoch,
+    validation_figures,
+)
+from dprotonet_core.train.last_layer import fit_last_layer, prototype_activations
 from dprotonet_core.train.losses import cross_entropy_term
 from dprotonet_core.train.phases import joint_phase, last_layer_phase, schedule, warm_phase
 from dprotonet_core.train.projection import dataset_ids, dataset_labels, project_prototypes, prototype_records
+from dprotonet_core.train.sampling import balanced_sampler, cell_shares, view_label_weights
 
 LOG_FILE = "train_log.jsonl"
 _MASK_KEY = "feature_masks"
@@ -134,6 +143,12 @@ class _Run:
         self.train_aug = self.train_plain.with_transform(augment)
         self.augment = augment
         self.labels, self.ids = labels, ids
+        self.train_views = attribute_values(self.train_plain, "view")
+        self.val_views = attribute_values(self.val, "view")
+        if train_config.balanced_sampling not in (None, "view_label"):
+            raise ValueError(f"unknown balanced_sampling {train_config.balanced_sampling!r}: use view_label or None")
+        if train_config.select_on not in SELECTION_KEYS:
+            raise ValueError(f"unknown select_on {train_config.select_on!r}: use {', '.join(SELECTION_KEYS)}")
         self.pretrained = options.backbone_weights is not None
         self.phases = {
             "warm": warm_phase(train_config),
@@ -141,13 +156,23 @@ class _Run:
             "last_layer": last_layer_phase(train_config),
         }
 
+    def sample_weights(self) -> list[float] | None:
+        """The training images' draw probabilities under cfg.balanced_sampling (None: uniform)."""
+        if self.cfg.balanced_sampling == "view_label":
+            return view_label_weights(self.train_views, self.train_plain.labels)
+        return None
+
     def loader(self, step: int) -> DataLoader:
         generator = torch.Generator().manual_seed(_step_seed(self.cfg.seed, step))
+        sampler = None
+        if self.cfg.balanced_sampling == "view_label":
+            sampler = balanced_sampler(self.train_views, self.train_plain.labels, generator)
         return DataLoader(
             self.train_aug,
             batch_size=self.cfg.batch_size,
-            shuffle=True,
-            generator=generator,
+            shuffle=sampler is None,
+            sampler=sampler,
+            generator=generator if sampler is None else None,
             num_workers=self.cfg.num_workers,
             drop_last=len(self.train_aug) > self.cfg.batch_size,
             pin_memory=self.device.type == "cuda",
@@ -248,11 +273,15 @@ def train(
             if step.phase not in optimizers:
                 optimizers[step.phase] = phase.optimizer(model, cfg.weight_decay)
             desc = f"epoch {step.epoch + 1}/{cfg.epochs} {step.phase}"
-            entry.update(run_epoch(model, run.loader(index), phase, optimizers[step.phase], loss_cfg,
-                                   run.device, scaler, cfg.label_smoothing, desc, opts.progress))
+            if step.phase == "last_layer" and cfg.last_layer_fit == "converged":
+                acts, labels = prototype_activations(model, run.train_plain, cfg.batch_size, run.device)
+                entry.update(fit_last_layer(model, acts, labels, loss_cfg, cfg, run.sample_weights()))
+            else:
+                entry.update(run_epoch(model, run.loader(index), phase, optimizers[step.phase], loss_cfg,
+                                       run.device, scaler, cfg.label_smoothing, desc, opts.progress))
         entry["val_accuracy"] = accuracy(model, run.val, cfg.batch_size, run.device)
-        if cfg.select_on == "auc":
-            entry["val_auc"] = val_auc(model, run.val, cfg.batch_size)
+        if cfg.select_on != "accuracy":
+            entry.update(validation_figures(model, run.val, cfg.batch_size, run.val_views))
         entry["projected"] = projection is not None and (step.kind == "push" or step.phase == "last_layer")
         entry["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(entry)
@@ -278,8 +307,8 @@ def train(
 def _better(entry: dict, best: dict | None, select_on: str = "accuracy") -> bool:
     """Strictly better validation accuracy (or ROC AUC with select_on="auc"); without a validation split, the
     latest state wins."""
-    key = "val_auc" if select_on == "auc" else "val_accuracy"
-    if best is None or entry.get(key) is None:
+    key = SELECTION_KEYS[select_on]
+    if best is None or entry.get(key) is None or best.get(key) is None:
         return True
     return entry[key] > best[key]
 
@@ -317,16 +346,22 @@ def _finish(run: _Run, out: Path, history: list[dict], best: dict | None, projec
     chosen = load_checkpoint(selected_dir)
     model = chosen.model.to(run.device)
     val_acc = accuracy(model, run.val, cfg.batch_size, run.device)
+    figures = validation_figures(model, run.val, cfg.batch_size, run.val_views) if cfg.select_on != "accuracy" \
+        else {"val_auc": None}
     metrics: dict = {
         "val_accuracy": val_acc,
-        "val_auc": val_auc(model, run.val, cfg.batch_size) if cfg.select_on == "auc" else None,
-        "selected_on": "validation ROC AUC" if cfg.select_on == "auc" else "validation accuracy",
+        **figures,
+        "selected_on": SELECTION_LABELS[cfg.select_on],
         "val_images": len(run.val),
         "train_images": len(run.train_plain),
         "measured_on": f"validation split of the training data ({run.split}); never a test set",
         "selected_step": best["step"] if best else None,
         "selected_epoch": best["epoch"] if best else None,
     }
+    if cfg.balanced_sampling:
+        metrics["training_draws"] = {"sampling": cfg.balanced_sampling,
+                                     "cell_shares": cell_shares(run.train_views, run.train_plain.labels,
+                                                                run.sample_weights())}
     if len(run.val) == 0:  # nothing to select on or to measure: the run's last state is kept
         metrics.update({"selected_on": "nothing (no validation split): the last state, after the fixed epochs",
                         "measured_on": "no validation split: every training image trained the model"})
@@ -417,16 +452,16 @@ def train_baseline(run: _Run, log: Callable[[dict], None] | None = None) -> tupl
         if cfg.recalibrate_bn:
             recalibrate_batch_norm(net, run.train_plain, cfg.batch_size, run.device)
         acc = accuracy(net, run.val, cfg.batch_size, run.device)
-        auc = val_auc(net, run.val, cfg.batch_size) if cfg.select_on == "auc" else None
+        figures = validation_figures(net, run.val, cfg.batch_size, run.val_views) if cfg.select_on != "accuracy" \
+            else {"val_auc": None}
         seconds.append(round(time.perf_counter() - t0, 3))
-        entry = {"phase": "baseline", "epoch": epoch + 1, "val_accuracy": acc, "val_auc": auc,
-                 "seconds": seconds[-1]}
+        entry = {"phase": "baseline", "epoch": epoch + 1, "val_accuracy": acc, **figures, "seconds": seconds[-1]}
         _log(run.out, entry)
         if log:
             log(entry)
-        key = "val_auc" if cfg.select_on == "auc" else "val_accuracy"
-        if best[key] is None or (entry[key] or 0.0) > best[key]:
-            best = {"val_accuracy": acc, "val_auc": auc, "epoch": epoch + 1}
+        key = SELECTION_KEYS[cfg.select_on]
+        if best.get(key) is None or (entry.get(key) or 0.0) > best[key]:
+            best = {"val_accuracy": acc, **figures, "epoch": epoch + 1}
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     best["seconds_per_epoch"] = sum(seconds) / max(len(seconds), 1)
     if cfg.epochs:

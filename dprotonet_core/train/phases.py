@@ -104,5 +104,6 @@ def schedule(cfg: TrainConfig) -> list[Step]:
         is_push_epoch = epoch >= cfg.warm_epochs and cfg.push_every > 0 and (epoch + 1) % cfg.push_every == 0
         if is_push_epoch or epoch == cfg.epochs - 1:
             steps.append(Step("push", None, epoch))
-            steps.extend(Step("epoch", "last_layer", epoch) for _ in range(cfg.last_layer_epochs))
+            fits = 1 if cfg.last_layer_fit == "converged" else cfg.last_layer_epochs  # one fit to convergence
+            steps.extend(Step("epoch", "last_layer", epoch) for _ in range(fits))
     return steps
