@@ -91,6 +91,12 @@ class Checkpoint:
         value = (self.card.get("decision_threshold") or {}).get("value")
         return None if value is None else float(value)
 
+    @property
+    def calibration(self) -> dict | None:
+        """The card's calibrator of p(class 1) (calibration.py: Platt slope and intercept), None when it has none."""
+        record = self.card.get("calibration")
+        return record if isinstance(record, dict) and "slope" in record and "intercept" in record else None
+
     def prototype_image(self, index: int) -> np.ndarray:
         """The source image of prototype `index` as uint8 (H, W, 3)."""
         record = self.prototypes[index]

@@ -306,9 +306,11 @@ class EvalConfig:
     deletion_baseline: float = 0.0  # RISE: deleted pixels become 0 (black) in pixel space
     insertion_blur_sigma: float = 5.0  # RISE: insertion starts from a Gaussian blur, sigma 5
     insertion_blur_kernel: int = 11  # RISE's klen = 11
-    # Which class every CAM explains. The paper does not say; MDM explains the prediction
-    # (the top prototype of the predicted class), so every method targets the predicted class.
-    cam_target: str = "predicted"  # predicted | label
+    # Which class every CAM explains. The paper does not say. "label" (the default): the class the image's ground
+    # truth marks (RSNA: the pneumonia class, whose boxes localisation is scored against), whatever the model
+    # predicted, so a missed positive is scored on where the model would look for pneumonia, not on the map of
+    # "no pneumonia". MDM's detection node is then that class's top prototype. "predicted": the model's answer.
+    cam_target: str = "label"  # label | predicted
     # Which images get CAMs under --limit: "annotated" = images with a non-empty ground truth
     # when the split has any (localisation needs them), evenly spaced; "all" = evenly spaced.
     cam_subset: str = "annotated"

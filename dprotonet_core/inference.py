@@ -44,10 +44,12 @@ class Prediction:
 
     class_index: int
     class_name: str
-    probabilities: list[float]  # softmax of the logits, in the order of `classes`
+    probabilities: list[float]  # what a person reads: calibrated when `calibrated`, else the softmax of eq. 3
     logits: list[float]
     reasoning: list[PrototypeContribution]  # all prototypes, largest contribution first
     ood_score: float = float("nan")  # the out-of-distribution score the card names (ood.py)
+    calibrated: bool = False  # probabilities are the card's calibrator's (calibration.py), not the softmax
+    model_probabilities: list[float] | None = None  # the softmax of eq. 3's logits, whatever `probabilities` is
 
     def top_prototypes(self, k: int = 5) -> list[PrototypeContribution]:
         return self.reasoning[:k]
@@ -58,6 +60,9 @@ class Prediction:
             "prediction": self.class_name,
             "class_index": self.class_index,
             "probabilities": [round(p, 6) for p in self.probabilities],
+            "probabilities_are": "calibrated (the card's calibrator)" if self.calibrated
+            else "the model's softmax of eq. 3 (not calibrated)",
+            "model_softmax": [round(p, 6) for p in (self.model_probabilities or self.probabilities)],
             "top_prototypes": [
                 {
                     "prototype": row.prototype,
@@ -120,23 +125,39 @@ def default_classes(model: DProtoNet) -> list[str]:
     return [f"class {i}" for i in range(model.config.num_classes)]
 
 
+def calibrate(logits: torch.Tensor, softmax: torch.Tensor, calibration: dict | None) -> torch.Tensor:
+    """(B, C) probabilities a person reads: the card's calibrator on eq. 3's logit difference (calibration.py) for
+    a two-class model that has one; the softmax otherwise."""
+    if calibration is None:
+        return softmax
+    from dprotonet_core.calibration import calibrated_probability, logit_difference
+
+    p1 = torch.as_tensor(calibrated_probability(logit_difference(logits), calibration), dtype=torch.float32)
+    return torch.stack([1 - p1, p1], dim=1)
+
+
 def predict(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | None = None,
-            threshold: float | None = None, ood_record: dict | None = None) -> Prediction:
+            threshold: float | None = None, ood_record: dict | None = None,
+            calibration: dict | None = None) -> Prediction:
     """Classify one image (1, 3, S, S) or (3, S, S) in [0, 1] and explain the decision by prototypes.
 
     `threshold`: the checkpoint's decision threshold on p(class 1) (`Checkpoint.decision_threshold`); None
     is the paper's argmax of eq. 3. `ood_record`: the card's `ood` field, naming the out-of-distribution score.
+    `calibration`: the card's calibrator (`Checkpoint.calibration`): the probabilities, and the threshold's
+    comparison, are then calibrated ones.
 
     The model must be in eval mode (`load_checkpoint` returns it so); it is not switched here,
     so one model can serve several threads.
     """
     if model.training:
         raise ValueError("predict needs the model in eval mode (call model.eval() once, before sharing it)")
-    return predict_batch(model, x01 if x01.dim() == 4 else x01[None], classes, threshold, ood_record)[0]
+    return predict_batch(model, x01 if x01.dim() == 4 else x01[None], classes, threshold, ood_record,
+                         calibration)[0]
 
 
 def predict_batch(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | None = None,
-                  threshold: float | None = None, ood_record: dict | None = None) -> list[Prediction]:
+                  threshold: float | None = None, ood_record: dict | None = None,
+                  calibration: dict | None = None) -> list[Prediction]:
     """`predict` for a batch (B, 3, S, S): one Prediction per image."""
     if model.training:
         raise ValueError("predict needs the model in eval mode (call model.eval() once, before sharing it)")
@@ -150,7 +171,10 @@ def predict_batch(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | 
         ood = record_score(out, ood_record).cpu()
         weight = model.last_layer.weight.detach().float().cpu().clone()  # (C, K), a plain tensor
         proto_class = model.prototype_classes().cpu().tolist()
-    probabilities = torch.softmax(logits, dim=1)
+    softmax = torch.softmax(logits, dim=1)
+    probabilities = calibrate(logits, softmax, calibration)
+    if not (torch.isfinite(logits).all() and torch.isfinite(probabilities).all()):
+        raise ValueError("the model gave non-finite scores for this image: its weights or the image are broken")
     decided = decide(probabilities, threshold)
     results = []
     for b in range(logits.shape[0]):
@@ -179,6 +203,8 @@ def predict_batch(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | 
                 logits=logits[b].tolist(),
                 reasoning=rows,
                 ood_score=float(ood[b]),
+                calibrated=calibration is not None,
+                model_probabilities=softmax[b].tolist(),
             )
         )
     return results

@@ -36,6 +36,16 @@ if by_view:
     st.markdown("**Within each view** (AP bedside films are mostly positives here: a model that only recognised "
                 "the view would score well overall and near 0.5 within a view)")
     st.dataframe(by_view, hide_index=True, width="stretch")
+by_folder = review.classification_by_folder(view)
+if by_folder:
+    st.markdown("**Within each data folder**, beside the AUC the view alone would reach on the same images")
+    st.dataframe(by_folder, hide_index=True, width="stretch")
+reliability = review.evaluation_reliability(view.metrics)
+if reliability:
+    st.markdown(f"**Calibration** ({(view.metrics.get('classification') or {}).get('probability', '')})")
+    for column, (title, figures) in zip(st.columns(len(reliability)), reliability):
+        column.plotly_chart(review.reliability_figure(figures, title), width="stretch", key=f"reliability_{title}")
+    st.caption(review.RELIABILITY_CAPTION)
 for column, name in zip(st.columns(2), ("confusion_matrix", "roc")):
     if name in view.figures:
         column.plotly_chart(view.figures[name], width="stretch", key=f"fig_{name}")

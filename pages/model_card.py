@@ -24,6 +24,16 @@ if performance:
     st.markdown("**Measured performance**")
     st.dataframe(performance, hide_index=True, width="stretch")
     st.caption(review.performance_caption(card))
+reliability = review.card_reliability(card)
+st.markdown("**Calibration: does a shown probability mean what it says?**")
+if reliability:
+    for column, (title, figures) in zip(st.columns(len(reliability)), reliability):
+        column.plotly_chart(review.reliability_figure(figures, title, card["classes"][-1]), width="stretch",
+                            key=f"reliability_{title}")
+    st.caption(review.RELIABILITY_CAPTION)
+else:
+    st.caption("This card stores no calibration measurement: the probability the app shows for this model is the "
+               "softmax of eq. 3, not calibrated, and is labelled so.")
 for title, fields in review.card_sections(card):
     with st.expander(title, expanded=title in ("Intended use and limits", "What it accepts, and how it decides")):
         for key, value in fields.items():

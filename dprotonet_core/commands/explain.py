@@ -50,16 +50,17 @@ def _read_input(path: Path, size: int) -> torch.Tensor:
     return to_model_input(read_image(data), size)[0]
 
 
-def _prediction(model, x: torch.Tensor, classes: list[str]) -> dict:
-    try:
-        from dprotonet_core.inference import predict
-    except ImportError:
-        with torch.no_grad():
-            probs = torch.softmax(model(x[None]).logits[0], 0)
-        c = int(probs.argmax())
-        return {"class_index": c, "class_name": classes[c], "probabilities": probs.tolist()}
-    pred = predict(model, x[None], classes)
-    return {"class_index": pred.class_index, "class_name": pred.class_name, "probabilities": pred.probabilities}
+def _prediction(ck, x: torch.Tensor):
+    """The answer the app and `predict` give (inference.Prediction): the card's decision rule (its threshold on the
+    calibrated probability, when it has one) and its probabilities."""
+    from dprotonet_core.inference import predict
+
+    return predict(ck.model, x[None], ck.classes, ck.decision_threshold, ck.card.get("ood"), ck.calibration)
+
+
+def _prediction_record(pred) -> dict:
+    return {"class_index": pred.class_index, "class_name": pred.class_name, "probabilities": pred.probabilities,
+            "probabilities_are": "calibrated" if pred.calibrated else "the model's softmax of eq. 3"}
 
 
 def _to_hwc(x: torch.Tensor) -> np.ndarray:
@@ -93,7 +94,12 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.gamma <= cfg.num_vectors:
         print(f"error: --gamma must lie in [0, {cfg.num_vectors}]", file=sys.stderr)
         return 2
-    prediction = _prediction(model, x, ck.classes)
+    decided = _prediction(ck, x)
+    prediction = _prediction_record(decided)
+    if args.prototype is None:  # p_t of the class the card's rule decided (the app's default), not eq. 3's argmax
+        from dprotonet_core.review.case import default_prototype
+
+        args.prototype = default_prototype(decided)
 
     with tqdm(total=cfg.iterations, desc="MDM", unit="it") as bar:
         pair = explain_pair(ck, x, args.prototype, cfg, args.profile, progress=lambda *_: bar.update(1))

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: checkpoint {folder}: {exc}", file=sys.stderr)
             return 1
         result = predict(ckpt.model, to_model_input(image, ckpt.model.config.input_size), ckpt.classes,
-                         ckpt.decision_threshold, ckpt.card.get("ood"))
+                         ckpt.decision_threshold, ckpt.card.get("ood"), ckpt.calibration)
         fit = task_fit(image, ckpt.card.get("accepts"))
         check = ood.check(result.ood_score, ckpt.card.get("ood"))
         fields = result.to_json(args.top_k)

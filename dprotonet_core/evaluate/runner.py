@@ -31,7 +31,8 @@ from dprotonet_core.data.registry import spec_or_fallback
 from dprotonet_core.evaluate import metrics as M
 from dprotonet_core.evaluate.cams import DEFAULT_METHODS, check_methods, compute_cam
 from dprotonet_core.evaluate.data import EvalData, load_eval_data
-from dprotonet_core.evaluate.held_out import figures_by_view
+from dprotonet_core.calibration import describe as describe_calibration
+from dprotonet_core.evaluate.held_out import figures_by_view, subset_figures
 from dprotonet_core.evaluate.report import write_reports
 from dprotonet_core.evaluate.results import (
     EVALUATION_DIR,
@@ -49,12 +50,16 @@ _EVAL = EvalConfig()
 _OVERLAY = OverlayConfig()
 
 
-def probability_fn(model: DProtoNet) -> M.ProbabilityFn:
-    """Images in [0, 1] -> softmax class probabilities, on the model's device."""
+def probability_fn(model: DProtoNet, calibration: dict | None = None) -> M.ProbabilityFn:
+    """Images in [0, 1] -> class probabilities, on the model's device: the card's calibrated ones when it has a
+    calibrator (what the app shows; the recognition metrics use them too), else the softmax of eq. 3."""
+    from dprotonet_core.inference import calibrate
+
     device = next(model.parameters()).device
 
     def probabilities(images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(model(images.to(device)).logits, dim=1)
+        logits = model(images.to(device)).logits.float().cpu()
+        return calibrate(logits, torch.softmax(logits, dim=1), calibration)
 
     return probabilities
 
@@ -63,9 +68,9 @@ def probability_fn(model: DProtoNet) -> M.ProbabilityFn:
 
 
 def predict_split(model: DProtoNet, data: EvalData, batch_size: int, progress: bool = True,
-                  threshold: float | None = None) -> Predictions:
-    """Class probabilities of every image of the split, in batches."""
-    prob = probability_fn(model)
+                  threshold: float | None = None, calibration: dict | None = None) -> Predictions:
+    """Class probabilities (calibrated by `calibration` when given) of every image of the split, in batches."""
+    prob = probability_fn(model, calibration)
     chunks, start = [], time.perf_counter()
     for lo in tqdm(range(0, len(data), batch_size), desc="classify", unit="batch", disable=not progress):
         images = torch.stack([data.image(k) for k in range(lo, min(lo + batch_size, len(data)))])
@@ -120,6 +125,31 @@ def per_view_metrics(pred: Predictions, data: EvalData, positive: int) -> dict:
     return figures_by_view(pred.labels, pred.predicted, pred.probabilities[:, positive], views, positive)
 
 
+def subgroup_figures(pred: Predictions, data: EvalData, positive: int, calibrated: bool) -> dict:
+    """For a binary task: the view shortcut's own AUC on the split, the figures within each data folder (when
+    the items come from more than one), and, for calibrated probabilities, ECE and the reliability bins overall
+    and per view and folder (held_out.subset_figures)."""
+    if pred.probabilities.shape[1] != 2:
+        return {}
+    scores = pred.probabilities[:, positive]
+    views = [data.attribute(k, "view") for k in range(len(data))]
+    folders = [data.attribute(k, "folder") for k in range(len(data))]
+    whole = subset_figures(pred.labels, pred.predicted, scores, views, calibrated)
+    out: dict = {"view_shortcut_auc": whole["view_shortcut_auc"]}
+    if calibrated:
+        out["calibration"] = whole["calibration"]
+    for key, values in (("by_folder", folders), ("subgroups_by_view", views)):
+        names = sorted({v for v in values if v})
+        if not names or (key == "by_folder" and len(names) < 2):
+            continue
+        out[key] = {}
+        for name in names:
+            keep = np.asarray([v == name for v in values])
+            out[key][name] = subset_figures(pred.labels[keep], pred.predicted[keep], scores[keep],
+                                            [v for v, k in zip(views, keep) if k], calibrated)
+    return out
+
+
 # --- 2. CAMs: recognition and localisation --------------------------------------------------
 
 
@@ -163,10 +193,11 @@ def _score_image(
 def evaluate_cams(
     model: DProtoNet, data: EvalData, positions: list[int], methods: list[str], cfg: EvalConfig,
     top_percent: float, overlay_cfg: OverlayConfig = _OVERLAY, progress: bool = True,
-    threshold: float | None = None,
+    threshold: float | None = None, calibration: dict | None = None,
 ) -> CamEvaluation:
-    """Every method's CAM and scores on the images at `positions` of the split."""
-    prob = probability_fn(model)
+    """Every method's CAM and scores on the images at `positions` of the split (probabilities calibrated by
+    `calibration` when given, as the app shows them)."""
+    prob = probability_fn(model, calibration)
     device = next(model.parameters()).device
     results = {m: MethodScores() for m in methods}
     fractions, ids, targets = np.zeros(0), [], []
@@ -228,13 +259,16 @@ def run_evaluation(request: EvalRequest, cfg: EvalConfig = _EVAL, progress: bool
     model = checkpoint.model
     data = load_eval_data(request.dataset, request.data, request.split, model.config.input_size, checkpoint.card)
     positive = cfg.positive_class if len(checkpoint.classes) == 2 else 0
-    pred = predict_split(model, data, cfg.batch_size, progress, checkpoint.decision_threshold)
+    pred = predict_split(model, data, cfg.batch_size, progress, checkpoint.decision_threshold,
+                         checkpoint.calibration)
     classification = classification_metrics(pred, checkpoint.classes, positive)
+    classification["probability"] = describe_calibration(checkpoint.calibration)
     classification["by_view"] = per_view_metrics(pred, data, positive)
+    classification.update(subgroup_figures(pred, data, positive, checkpoint.calibration is not None))
     top = _top_percent(request)
     positions = select_cam_images(data, request.limit, cfg.cam_subset)
     cams = evaluate_cams(model, data, positions, methods, cfg, top, progress=progress,
-                         threshold=checkpoint.decision_threshold)
+                         threshold=checkpoint.decision_threshold, calibration=checkpoint.calibration)
     metrics = _metrics_document(request, cfg, checkpoint.card, data, classification, cams, top)
     document = write_reports(Path(request.out), metrics, pred, cams, checkpoint.classes)
     if request.attach:

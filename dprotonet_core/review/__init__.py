@@ -72,6 +72,7 @@ from dprotonet_core.review.catalogue import (  # noqa: F401
 )
 from dprotonet_core.review.evaluation import (  # noqa: F401
     EvaluationView,
+    classification_by_folder,
     classification_by_view,
     classification_metrics,
     format_timestamp,
@@ -96,6 +97,12 @@ from dprotonet_core.review.gallery import (  # noqa: F401
     prototype_cards,
     stored_prototype_method,
     weights_figure,
+)
+from dprotonet_core.review.reliability import (  # noqa: F401
+    RELIABILITY_CAPTION,
+    card_reliability,
+    evaluation_reliability,
+    reliability_figure,
 )
 from dprotonet_core.review.render import (  # noqa: F401
     VIEWS,

@@ -104,15 +104,34 @@ def performance_rows(card: dict) -> list[dict[str, str]]:
     add("Sensitivity (recall of the positive class)", m.get("test_sensitivity"), test_on + at, n_pos)
     add("Specificity", m.get("test_specificity"), test_on + at, n_neg)
     add_auc("ROC AUC", m.get("test_roc_auc"), test_on, n_pos, n_neg)
-    for view, fig in sorted((m.get("test_by_view") or {}).items()):
+    shortcut = m.get("test_view_shortcut_auc")
+    if isinstance(shortcut, (int, float)):
+        add_auc("ROC AUC of the view alone (AP film = positive): the shortcut", shortcut, test_on, n_pos, n_neg)
+    ece = (m.get("test_calibration") or {}).get("ece") if isinstance(m.get("test_calibration"), dict) else None
+    add("Expected calibration error (10 bins)", ece, test_on, None,
+        fmt=lambda v: None if _percent(v) is None else f"{v:.3f}")
+    subsets = [("view", k, f) for k, f in sorted((m.get("test_by_view") or {}).items())]
+    subsets += [("folder", k, f) for k, f in sorted((m.get("test_by_folder") or {}).items())]
+    for kind, name, fig in subsets:
         if not isinstance(fig, dict):
             continue
-        on = f"{view} films of the test split ({fig.get('images')} images, {fig.get('positives')} positive){at}"
+        what = f"{name} films" if kind == "view" else f"films of {name}"
+        on = f"{what} of the test split ({fig.get('images')} images, {fig.get('positives')} positive){at}"
         v_pos, v_n = fig.get("positives"), fig.get("images")
         v_neg = v_n - v_pos if isinstance(v_n, int) and isinstance(v_pos, int) else None
-        add(f"{view} view: accuracy", fig.get("accuracy"), on, v_n)
-        add(f"{view} view: sensitivity", fig.get("sensitivity"), on, v_pos)
-        add_auc(f"{view} view: ROC AUC", fig.get("roc_auc"), on, v_pos, v_neg)
+        label = f"{name} view" if kind == "view" else name
+        add(f"{label}: accuracy", fig.get("accuracy"), on, v_n)
+        add(f"{label}: sensitivity", fig.get("sensitivity"), on, v_pos)
+        add_auc(f"{label}: ROC AUC", fig.get("roc_auc"), on, v_pos, v_neg)
+        if kind == "folder" and isinstance(fig.get("view_shortcut_auc"), (int, float)):
+            add_auc(f"{label}: ROC AUC of the view alone", fig["view_shortcut_auc"], on, v_pos, v_neg)
+        cal = fig.get("calibration") if isinstance(fig.get("calibration"), dict) else {}
+        if kind == "folder":
+            add(f"{label}: expected calibration error", cal.get("ece"), on, None,
+                fmt=lambda v: None if _percent(v) is None else f"{v:.3f}")
+        b_fig = (m.get(f"baseline_test_by_{kind}") or {}).get(name)
+        if isinstance(b_fig, dict):
+            add_auc(f"{label}: backbone-only classifier ROC AUC (Table 3)", b_fig.get("roc_auc"), on, v_pos, v_neg)
     argmax = m.get("test_at_argmax") if isinstance(m.get("test_at_argmax"), dict) else {}
     add("Accuracy at the paper's argmax (eq. 3)", argmax.get("accuracy"), test_on + "; p >= 0.5", n_test)
     add("Sensitivity at the paper's argmax (eq. 3)", argmax.get("sensitivity"), test_on + "; p >= 0.5", n_pos)

@@ -209,18 +209,29 @@ def display_boxes(boxes, image_size: tuple[int, int], size: int = DISPLAY_SIZE) 
 def predict(checkpoint: Checkpoint, x: torch.Tensor) -> Prediction:
     """Classify x (1, 3, S, S) in [0, 1]; the reasoning rows explain the logit as a sum of w * g (eq. 3)."""
     return inference.predict(checkpoint.model, x, checkpoint.classes, checkpoint.decision_threshold,
-                             checkpoint.card.get("ood"))
+                             checkpoint.card.get("ood"), checkpoint.calibration)
 
 
 def decision_text(checkpoint: Checkpoint) -> str:
-    """How the answer was decided, in one line (the card's threshold, or the paper's argmax)."""
+    """How the answer was decided and what the probability is, in plain words (the card's threshold and calibrator,
+    or the paper's argmax of an uncalibrated softmax)."""
+    from dprotonet_core.calibration import describe
+
+    calibration = checkpoint.calibration
+    what = ("The probability is calibrated: among radiographs like the validation films it was fitted on "
+            f"({calibration.get('fitted_on', 'validation images')}), a probability p means about p x 100 in 100 "
+            "had the finding." if calibration else
+            f"The probability is {describe(None)}: its ranking of images means something, its value is not a "
+            "measured frequency.")
     threshold = checkpoint.decision_threshold
     if threshold is None:
-        return "Decision: the class with the highest score (argmax of eq. 3, the paper's rule)."
+        return f"Decision: the class with the highest score (argmax of eq. 3, the paper's rule). {what}"
     positive = checkpoint.classes[1]
-    rule = (checkpoint.card.get("decision_threshold") or {}).get("rule", "")
-    return (f"Decision: {positive} when p({positive}) >= {threshold:.2f}, a threshold chosen on the validation "
-            f"split ({rule or 'see the model card'}), not the paper's argmax (0.50).")
+    record = checkpoint.card.get("decision_threshold") or {}
+    chosen_for = record.get("chosen_for") or record.get("rule") or "see the model card"
+    chosen_on = record.get("chosen_on") or "the validation split"
+    return (f"Decision: {positive} when p({positive}) >= {threshold:.2f}, a threshold chosen on {chosen_on} for "
+            f"{chosen_for} (not the paper's argmax). {what}")
 
 
 def probability(prediction: Prediction) -> float:
@@ -231,20 +242,24 @@ def probability(prediction: Prediction) -> float:
 def prediction_headline(prediction: Prediction, checkpoint: Checkpoint) -> str:
     """"Prediction: PM, 96.4%" (argmax: the predicted class's probability), or, for a checkpoint that decides by
     a threshold, the positive class's probability beside the threshold it was compared with, so that a
-    "pneumonia" answer at p = 0.04 is not shown as "pneumonia, 4%" without its reason."""
+    "pneumonia" answer at p = 0.04 is not shown as "pneumonia, 4%" without its reason. A calibrated probability
+    says so; an uncalibrated one is called a score."""
+    kind = "calibrated probability" if prediction.calibrated else "model score, not calibrated"
     threshold = checkpoint.decision_threshold
     if threshold is None:
-        return f"Prediction: {prediction.class_name}, {probability(prediction) * 100:.1f}%"
+        return f"Prediction: {prediction.class_name} ({kind} {probability(prediction) * 100:.1f}%)"
     positive = checkpoint.classes[1]
     p = prediction.probabilities[1]
     sign = ">=" if p >= threshold else "<"
-    return f"Prediction: {prediction.class_name} (p({positive}) = {p:.3f} {sign} threshold {threshold:.3f})"
+    return (f"Prediction: {prediction.class_name} ({kind} of {positive} {p * 100:.1f}% {sign} "
+            f"threshold {threshold * 100:.1f}%)")
 
 
 def probability_text(prediction: Prediction, classes: list[str]) -> str:
-    """All class probabilities in one line, predicted class first."""
+    """All class probabilities in one line, predicted class first, saying whether they are calibrated."""
     order = sorted(range(len(classes)), key=lambda i: -prediction.probabilities[i])
-    return " · ".join(f"{classes[i]} {prediction.probabilities[i] * 100:.1f}%" for i in order)
+    values = " · ".join(f"{classes[i]} {prediction.probabilities[i] * 100:.1f}%" for i in order)
+    return f"{'Calibrated' if prediction.calibrated else 'Uncalibrated'}: {values}"
 
 
 def default_prototype(prediction: Prediction) -> int:

@@ -42,3 +42,19 @@ def classification_by_view(view: EvaluationView) -> list[dict[str, str]]:
         row.update({label: _figure_text(fig.get(key)) for key, label in _FIGURES})
         rows.append(row)
     return rows
+
+
+def classification_by_folder(view: EvaluationView) -> list[dict[str, str]]:
+    """One row per data folder of the stored classification (an evaluation over several folders), with the view
+    shortcut's own AUC and the calibration error on the same images."""
+    rows = []
+    cls = view.metrics.get("classification") or {}
+    for name, fig in sorted((cls.get("by_folder") or {}).items()):
+        if not isinstance(fig, dict):
+            continue
+        row = {"Folder": str(name), "Images": str(fig.get("images", "?")), "Positives": str(fig.get("positives", "?"))}
+        row.update({label: _figure_text(fig.get(key)) for key, label in _FIGURES})
+        row["AUC of the view alone"] = _figure_text(fig.get("view_shortcut_auc"))
+        row["ECE"] = _figure_text((fig.get("calibration") or {}).get("ece"))
+        rows.append(row)
+    return rows

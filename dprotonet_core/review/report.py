@@ -84,6 +84,11 @@ def report_dict(inputs: ReportInputs) -> dict[str, Any]:
             "class": pred.class_name,
             "probability": probability(pred),
             "probabilities": dict(zip(ck.classes, pred.probabilities)),
+            "probabilities_are": "calibrated (the card's calibrator)" if pred.calibrated
+            else "the model's softmax of eq. 3 (not calibrated)",
+            "calibration": ck.calibration,
+            "decision_threshold": ck.card.get("decision_threshold"),
+            "model_softmax": dict(zip(ck.classes, pred.model_probabilities or pred.probabilities)),
             "logits": pred.logits,
             "decision": decision_text(ck),
             "valid_for_this_image": inputs.fit.fits,

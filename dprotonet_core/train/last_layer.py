@@ -71,12 +71,13 @@ def fit_last_layer(model: DProtoNet, activations: torch.Tensor, labels: torch.Te
     converged = False
     for step in range(cfg.last_layer_max_steps):
         loss, ce = last_layer_objective(activations, labels, w, identity, loss_config, weights)
+        loss_value, ce_value = float(loss.detach()), float(ce.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        history.append(float(loss))
+        history.append(loss_value)
         if step % cfg.last_layer_window == 0:
-            curve.append([step, round(float(loss), 6), round(float(ce), 6)])
+            curve.append([step, round(loss_value, 6), round(ce_value, 6)])
         if len(history) > cfg.last_layer_window:
             before = history[-1 - cfg.last_layer_window]
             if abs(before - history[-1]) <= cfg.last_layer_tol * max(abs(before), 1e-12):

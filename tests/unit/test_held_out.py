@@ -22,3 +22,16 @@ def test_figures_by_view_split_the_items_and_skip_auc_without_both_classes() -> 
     assert out["AP"]["n"] == 2 and out["AP"]["roc_auc"] is None and out["AP"]["sensitivity"] == 0.5
     assert out["PA"]["roc_auc"] == 1.0 and out["PA"]["accuracy"] == 1.0
     assert figures_by_view(np.array([1]), np.array([1]), np.array([0.5]), [None]) == {}
+
+
+def test_the_view_shortcut_auc_by_hand() -> None:
+    from dprotonet_core.evaluate.held_out import shortcut_auc
+
+    # positives: AP, AP, PA; negatives: AP, PA, PA, PA. Score 1 for AP.
+    # pairs (pos, neg): AP>PA wins, AP=AP ties (1/2), PA=PA ties, PA<AP loses.
+    labels = np.array([1, 1, 1, 0, 0, 0, 0])
+    views = ["AP", "AP", "PA", "AP", "PA", "PA", "PA"]
+    # wins: 2 AP positives x 3 PA negatives = 6; ties: 2 x 1 (AP-AP) + 1 x 3 (PA-PA) = 5 -> (6 + 2.5) / 12
+    assert shortcut_auc(labels, views) == pytest.approx(8.5 / 12)
+    assert shortcut_auc(labels, [None] * 7) is None
+    assert shortcut_auc(np.ones(3), ["AP", "PA", "AP"]) is None

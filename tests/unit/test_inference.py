@@ -22,7 +22,9 @@ def test_reasoning_rows_add_up_to_the_logit(tiny_model, tiny_config):
     assert contributions == sorted(contributions, reverse=True)
     assert all(r.contribution == pytest.approx(r.weight * r.similarity, rel=1e-5) for r in result.reasoning)
     assert sum(result.probabilities) == pytest.approx(1.0, rel=1e-6)
-    assert set(result.to_json(2)) == {"prediction", "class_index", "probabilities", "top_prototypes"}
+    assert set(result.to_json(2)) == {"prediction", "class_index", "probabilities", "probabilities_are",
+                                      "model_softmax", "top_prototypes"}
+    assert result.to_json(2)["probabilities_are"] == "the model's softmax of eq. 3 (not calibrated)"
 
 
 def test_batch_matches_single_and_eval_mode_required(tiny_model, tiny_config):
@@ -59,3 +61,28 @@ def test_decide_argmax_or_the_cards_threshold(tiny_model, tiny_config):
     low = predict(tiny_model, x, ["a", "b"], threshold=0.0)
     assert low.class_name == "b" and low.reasoning[0].weight == pytest.approx(
         float(tiny_model.last_layer.weight.detach()[1, low.reasoning[0].prototype]))
+
+
+def test_a_calibrated_prediction_shows_platt_probabilities_and_decides_on_them(tiny_model, tiny_config):
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, tiny_config.input_size, tiny_config.input_size)
+    with torch.no_grad():
+        logits = tiny_model(x).logits[0]
+    margin = float(logits[1] - logits[0])
+    record = {"slope": 0.5, "intercept": -1.0}
+    p1 = 1.0 / (1.0 + np.exp(-(0.5 * margin - 1.0)))
+    result = predict(tiny_model, x, ["a", "b"], calibration=record)
+    assert result.calibrated and result.probabilities[1] == pytest.approx(p1, rel=1e-5)
+    assert result.model_probabilities[1] == pytest.approx(float(torch.softmax(logits, 0)[1]), rel=1e-5)
+    assert result.to_json()["probabilities_are"] == "calibrated (the card's calibrator)"
+    # the threshold compares the calibrated probability: just above it answers "b", just below "a"
+    assert predict(tiny_model, x, ["a", "b"], p1 - 1e-4, calibration=record).class_name == "b"
+    assert predict(tiny_model, x, ["a", "b"], p1 + 1e-4, calibration=record).class_name == "a"
+
+
+def test_non_finite_scores_are_refused(tiny_model, tiny_config):
+    with torch.no_grad():
+        tiny_model.last_layer.weight[0, 0] = float("nan")
+    x = torch.rand(1, 3, tiny_config.input_size, tiny_config.input_size)
+    with pytest.raises(ValueError, match="non-finite"):
+        predict(tiny_model, x, ["a", "b"])

@@ -238,3 +238,17 @@ def test_auc_interval_hanley_mcneil_by_hand() -> None:
     assert auc_interval(1.0, 5, 5) == (1.0, 1.0)
     with pytest.raises(ValueError):
         auc_interval(0.7, 0, 10)
+
+
+def test_threshold_for_the_highest_accuracy_that_keeps_a_sensitivity():
+    from dprotonet_core.evaluate.metrics import choose_threshold
+
+    # scores high -> low with labels: 0.9 P, 0.8 N, 0.7 N, 0.6 P, 0.5 N, 0.4 N, 0.3 P, 0.2 N
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    y = np.array([1, 0, 0, 1, 0, 0, 1, 0])
+    # plain accuracy is best at >= 0.9 (1 TP, 5 TN: 6/8) with sensitivity 1/3; keeping sensitivity >= 0.5 needs
+    # >= 0.6 (2 TP, 3 TN: 5/8); midway to the next lower score 0.5 -> 0.55
+    assert choose_threshold(y, scores, "accuracy") == pytest.approx(0.85)
+    assert choose_threshold(y, scores, "accuracy_at_sensitivity", min_sensitivity=0.5) == pytest.approx(0.55)
+    with pytest.raises(ValueError, match="unknown threshold rule"):
+        choose_threshold(y, scores, "f1")

@@ -369,18 +369,31 @@ def test_concurrent_predict_and_explain_agree(checkpoint, case, explanation):
 
 def test_prediction_headline_names_the_threshold_it_was_compared_with(checkpoint):
     import dataclasses
+    import math
 
     x = torch.rand(1, 3, checkpoint.model.config.input_size, checkpoint.model.config.input_size)
     argmax = review.predict(checkpoint, x)
-    assert review.prediction_headline(argmax, checkpoint).startswith(f"Prediction: {argmax.class_name}, ")
-    p1 = argmax.probabilities[1]
-    thresholded = dataclasses.replace(checkpoint, card={**checkpoint.card,
-                                                        "decision_threshold": {"value": p1 / 2, "rule": "youden"}})
+    assert review.prediction_headline(argmax, checkpoint) == (
+        f"Prediction: {argmax.class_name} (model score, not calibrated {100 * review.probability(argmax):.1f}%)")
+    assert "argmax" in review.decision_text(checkpoint) and "not calibrated" in review.decision_text(checkpoint)
+    # a calibrator of slope 0 gives every image p = 0.30; the threshold 0.25 then answers the positive class
+    card = {**checkpoint.card, "calibration": {"slope": 0.0, "intercept": math.log(0.3 / 0.7),
+                                               "fitted_on": "192 validation images of rsna-real"},
+            "decision_threshold": {"value": 0.25, "rule": "accuracy_at_sensitivity", "chosen_on": "192 films",
+                                   "chosen_for": "the highest accuracy that keeps sensitivity >= 0.5"}}
+    thresholded = dataclasses.replace(checkpoint, card=card)
     pred = review.predict(thresholded, x)
-    head = review.prediction_headline(pred, thresholded)
-    assert pred.class_index == 1 and head == (f"Prediction: {checkpoint.classes[1]} (p({checkpoint.classes[1]}) = "
-                                              f"{p1:.3f} >= threshold {p1 / 2:.3f})")
-    assert "threshold" in review.decision_text(thresholded) and "argmax" in review.decision_text(checkpoint)
+    assert pred.class_index == 1 and pred.calibrated and pred.probabilities[1] == pytest.approx(0.3)
+    assert review.prediction_headline(pred, thresholded) == (
+        f"Prediction: {checkpoint.classes[1]} (calibrated probability of {checkpoint.classes[1]} 30.0% >= "
+        "threshold 25.0%)")
+    assert review.probability_text(pred, checkpoint.classes) == (
+        f"Calibrated: {checkpoint.classes[0]} 70.0% · {checkpoint.classes[1]} 30.0%")
+    assert review.decision_text(thresholded) == (
+        f"Decision: {checkpoint.classes[1]} when p({checkpoint.classes[1]}) >= 0.25, a threshold chosen on 192 films "
+        "for the highest accuracy that keeps sensitivity >= 0.5 (not the paper's argmax). The probability is "
+        "calibrated: among radiographs like the validation films it was fitted on (192 validation images of "
+        "rsna-real), a probability p means about p x 100 in 100 had the finding.")
 
 
 def test_stored_prototype_heatmaps_say_how_they_were_made(checkpoint):

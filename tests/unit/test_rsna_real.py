@@ -112,12 +112,59 @@ def test_sample_dicom_reads_as_its_jpeg_and_carries_no_identity(tmp_path: Path) 
     assert not [e.keyword for e in ds if e.VR in ("DA", "DT", "TM")]  # no dates or times
 
 
-@pytest.mark.skipif(not RSNA_REAL.is_dir(), reason="shared rsna-real not present")
+@pytest.mark.skipif(not RSNA_REAL.is_dir() or not (RSNA_REAL.parent / "rsna-real-256").is_dir(),
+                    reason="shared rsna-real / rsna-real-256 not present")
 def test_real_rsna_split_sizes() -> None:
-    from dprotonet_core.commands.make_demo import RSNA_SPLIT
+    from dprotonet_core.commands.make_demo import RSNA_FOLDERS, RSNA_SPLIT
 
-    parts = {s: load_dataset("rsna", RSNA_REAL, s, 32, transform=None, **RSNA_SPLIT) for s in ("train", "val", "test")}
-    assert {s: len(d) for s, d in parts.items()} == {"train": 720, "val": 240, "test": 240}
-    assert {s: sum(d.labels) for s, d in parts.items()} == {"train": 180, "val": 60, "test": 60}
-    views = Counter((it.label, it.attributes["view"]) for it in parts["test"].items)
-    assert views[(1, "AP")] + views[(1, "PA")] == 60 and views[(1, "PA")] > 0 and views[(0, "AP")] > 0
+    parts = {s: load_dataset("rsna", RSNA_FOLDERS, s, 32, transform=None, **RSNA_SPLIT)
+             for s in ("train", "val", "test")}
+    assert {s: len(d) for s, d in parts.items()} == {"train": 1736, "val": 433, "test": 541}
+    assert sum(sum(d.labels) for d in parts.values()) == 1052
+    for d in parts.values():  # every (Target, view, folder) cell is in every split
+        assert len(Counter((it.label, it.attributes["view"], it.attributes["folder"]) for it in d.items)) == 8
+    calibration = [it for it in parts["val"].items if it.attributes["folder"] == "rsna-real"]
+    assert len(calibration) == 192 and sum(it.label for it in calibration) == 48  # the 1:3 mix the threshold uses
+
+
+def _prefixed_folder(root: Path, prefix: str, size: int) -> None:
+    """A second RSNA folder: other patient ids, files of another size (boxes still in the 1024 frame)."""
+    images = root / "stage_2_train_images"
+    images.mkdir(parents=True)
+    rows, meta = ["patientId,x,y,width,height,Target"], ["patientId,Target,ViewPosition"]
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        pid = f"{prefix}{i:07d}-0000-0000-0000-000000000000"
+        target = int(i % 2 == 0)
+        Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(images / f"{pid}.jpg")
+        rows.append(f"{pid},512,512,256,128,1" if target else f"{pid},,,,,0")
+        meta.append(f"{pid},{target},{'AP' if target else 'PA'}")
+    (root / "stage_2_train_labels.csv").write_text("\n".join(rows) + "\n")
+    (root / "metadata.csv").write_text("\n".join(meta) + "\n")
+
+
+def test_several_folders_load_as_one_dataset_split_by_target_view_and_folder(tmp_path: Path) -> None:
+    _rsna_folder(tmp_path / "first")  # 64 px files
+    _prefixed_folder(tmp_path / "second", "f", 128)  # 128 px files
+    roots = [tmp_path / "first", tmp_path / "second"]
+    whole = load_dataset("rsna", roots, "all", 32, transform=None)
+    assert len(whole) == 24 and Counter(it.attributes["folder"] for it in whole.items) == {"first": 12, "second": 12}
+    # each file's boxes come from the 1024-px frame, whatever the file's own size: 512/1024*32 = 16
+    second = next(i for i, it in enumerate(whole.items) if it.attributes["folder"] == "second" and it.label)
+    assert whole.boxes(second)[0] == pytest.approx((16.0, 16.0, 8.0, 4.0))
+    splits = {s: load_dataset("rsna", roots, s, 32, transform=None, val_fraction=0.25, test_fraction=0.25)
+              for s in ("train", "val", "test")}
+    ids = [set(ds.ids) for ds in splits.values()]
+    assert sum(len(i) for i in ids) == 24 and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    for ds in (splits["val"], splits["test"]):  # every (Target, view, folder) cell of 3+ films reaches val and test
+        assert {it.attributes["folder"] for it in ds.items} == {"first", "second"}
+    # one folder alone keeps its old split (stratified by Target x view only)
+    alone = load_dataset("rsna", roots[0], "test", 32, transform=None, val_fraction=0.25, test_fraction=0.25)
+    assert alone.items[0].stratum in ("AP", "PA")
+
+
+def test_a_patient_in_two_folders_is_refused(tmp_path: Path) -> None:
+    _rsna_folder(tmp_path / "a")
+    _rsna_folder(tmp_path / "b")
+    with pytest.raises(DatasetLayoutError, match="in both"):
+        load_dataset("rsna", [tmp_path / "a", tmp_path / "b"], "all", 16, transform=None)
