@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dprotonet_core.calibration import describe as describe_calibration
 from dprotonet_core.checkpoint import load_checkpoint
 from dprotonet_core.config import EvalConfig, OverlayConfig, to_dict
 from dprotonet_core.data.registry import spec_or_fallback
 from dprotonet_core.evaluate import metrics as M
 from dprotonet_core.evaluate.cams import DEFAULT_METHODS, check_methods, compute_cam
 from dprotonet_core.evaluate.data import EvalData, load_eval_data
-from dprotonet_core.calibration import describe as describe_calibration
 from dprotonet_core.evaluate.held_out import figures_by_view, subset_figures
 from dprotonet_core.evaluate.report import write_reports
 from dprotonet_core.evaluate.results import (
