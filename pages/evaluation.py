@@ -26,7 +26,18 @@ st.caption(
     f"stored {review.format_timestamp(view.metrics.get('created'))}."
 )
 st.subheader("Classification")
-for column, (label, value) in zip(st.columns(4), review.classification_metrics(view).items()):
+if review.on_training_images(view, entry.card):
+    st.warning(review.TRAINING_IMAGES_WARNING, icon=":material/warning:")
+    cv_rows = review.cross_validation_rows((entry.card or {}).get("cross_validation"))
+    if cv_rows:
+        st.markdown("**The model's expected accuracy** (cross-validation of the same recipe: each figure from "
+                    "models that never trained on the images they were measured on)")
+        st.dataframe(cv_rows, hide_index=True, width="stretch")
+        st.caption(review.CROSS_VALIDATED_ROWS)
+    st.markdown("**On its own training images** (not its accuracy):")
+for note in (view.metrics.get("dataset") or {}).get("notes") or []:
+    st.caption(f"Note: {note}")
+for column, (label, value) in zip(st.columns(4), review.classification_headline(view, entry.card).items()):
     column.metric(label, value)
 decision = (view.metrics.get("classification") or {}).get("decision")
 if decision:

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dprotonet_core.checkpoint import CheckpointError, load_checkpoint
     from dprotonet_core.explain import overlay
+    from dprotonet_core.explain.mdm import runnable
     from dprotonet_core.explain.pair import explain_pair
 
     if args.threads:
@@ -131,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         "profile": args.profile,
         "query_method": pair.query_method,
         "prototype_method": pair.prototype.method,
-        "mdm_config": dataclasses.asdict(cfg),
+        "mdm_config": dataclasses.asdict(runnable(cfg, x.device)),  # what ran (float32 where bf16 is not native)
+        "mdm_config_requested": dataclasses.asdict(cfg),
         "iterations": result.iterations,
         "seconds": round(result.seconds, 3),
         "final_objective": [round(v, 6) for v in result.final_objective],

@@ -253,9 +253,16 @@ def average_increase(original: np.ndarray, explained: np.ndarray) -> float:
 # --- recognition: Deletion / Insertion ---------------------------------------------------------
 
 
-def pixel_order(cam: np.ndarray) -> np.ndarray:
-    """Flat pixel indices in descending CAM order (stable: ties keep raster order)."""
-    return np.argsort(-np.asarray(cam, float).ravel(), kind="stable")
+TIE_SEED = 0  # the fixed seed of the random order among pixels of equal CAM value
+
+
+def pixel_order(cam: np.ndarray, seed: int = TIE_SEED) -> np.ndarray:
+    """Flat pixel indices in descending CAM order; pixels of equal value in a random order drawn from `seed`, not
+    in raster order. A thresholded map (eq. 15, Grad-CAM after its ReLU) has large tied blocks, often all its zeros:
+    raster order would delete or insert them from the top-left corner, a position bias the method did not ask for."""
+    values = np.asarray(cam, float).ravel()
+    shuffle = np.random.default_rng(seed).permutation(values.size)
+    return shuffle[np.argsort(-values[shuffle], kind="stable")]
 
 
 def step_size(num_pixels: int, step_fraction: float) -> int:

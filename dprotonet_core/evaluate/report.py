@@ -63,16 +63,22 @@ def table5_markdown(metrics: dict) -> str:
         cells = " | ".join(_fmt(row[c], c) for c in TABLE5_COLUMNS)
         lines.append(f"| {row['name']} | {cells} | {row['n_images']} | {row['n_localisation']} |")
     cfg, data = metrics["config"], metrics["dataset"]
+    target = {"label": "the class the image's ground truth marks (whatever was predicted)",
+              "predicted": "the predicted class"}.get(table["target"], f"the {table['target']} class")
+    probability = (metrics.get("classification") or {}).get("probability") or "the model's softmax of eq. 3"
     lines += [
         "",
         f"Checkpoint `{metrics['checkpoint']['name']}` on {data['name']} ({data['split']}, {data['n']} images); "
-        f"CAMs on {table['n_images']} images for the {table['target']} class.",
+        f"CAMs on {table['n_images']} images for {target}.",
+        f"AD/AI/D/I on the probability {probability}. "
         f"AD/AI: explained map = {cfg['explained_map_mode']} (keep top {cfg['explained_map_keep_percent']:g}% of "
         f"CAM pixels). D/I: RISE, {cfg['deletion_step_fraction']:.4g} of the pixels per step, zero baseline / "
-        f"blurred start (sigma {cfg['insertion_blur_sigma']:g}). Localisation: CAM top "
-        f"{cfg['top_percent_used']:g}% vs ground truth, images with ground truth only. "
+        f"blurred start (sigma {cfg['insertion_blur_sigma']:g}), ties of the map in a seeded random order. "
+        f"Localisation: CAM top {cfg['top_percent_used']:g}% vs ground truth, images with ground truth only (section "
+        "4.3 gives this cut-off for sensitivity; it is applied to DICE, IoU and PPV too). "
         f"s/img: {metrics['device']}, {metrics['threads']} thread(s).",
     ]
+    lines += [f"NOTE: {note}" for note in data.get("notes") or [] if "training" in note]
     if metrics["checkpoint"]["synthetic"]:
         lines.append("SYNTHETIC: the checkpoint was trained on synthetic stand-in data.")
     return "\n".join(lines) + "\n"

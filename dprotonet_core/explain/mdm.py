@@ -92,7 +92,21 @@ def method_label(cfg: MDMConfig, name: str | None = None) -> str:
     if cfg.precision == "bf16":
         last = fp32_tail_steps(cfg)
         arithmetic = ", network in bf16" + (f" (its last {last} steps in float32)" if last else "")
-    return f"{head}{cfg.optimizer.capitalize()} {cfg.iterations} steps{schedule}{arithmetic}, {loss_label(cfg)}"
+    return (f"{head}{cfg.optimizer.capitalize()} {cfg.iterations} steps{schedule}{arithmetic}{_rates_label(cfg)}, "
+            f"{loss_label(cfg)}")
+
+
+def _rates_label(cfg: MDMConfig) -> str:
+    """', lr 0.08, betas (0.430, 0.992)' where the step size or Adam's decay rates differ from the paper protocol's
+    (lr 0.01, torch's betas (0.9, 0.999)); '' where they are the paper's."""
+    from dprotonet_core.config import PAPER_MDM
+
+    parts = []
+    if cfg.lr != PAPER_MDM.lr:
+        parts.append(f"lr {cfg.lr:g}")
+    if cfg.optimizer == "adam" and tuple(cfg.betas) != tuple(PAPER_MDM.betas):
+        parts.append(f"betas ({cfg.betas[0]:.3f}, {cfg.betas[1]:.3f})")
+    return (", " + ", ".join(parts)) if parts else ""
 
 
 def card_default_profile(card: dict | None) -> str:

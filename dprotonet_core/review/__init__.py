@@ -19,6 +19,7 @@ from dprotonet_core import ood  # noqa: F401 - the review page reads ood.WARNING
 from dprotonet_core.explain.mdm import card_default_profile  # noqa: F401 - the page starts at each model's default
 from dprotonet_core.review.card import (  # noqa: F401
     CARD_SECTIONS,
+    CROSS_VALIDATED_ROWS,
     PERFORMANCE_CAPTION,
     card_integrity,
     card_label,
@@ -71,12 +72,15 @@ from dprotonet_core.review.catalogue import (  # noqa: F401
     models_dir,
 )
 from dprotonet_core.review.evaluation import (  # noqa: F401
+    TRAINING_IMAGES_WARNING,
     EvaluationView,
     classification_by_folder,
     classification_by_view,
+    classification_headline,
     classification_metrics,
     format_timestamp,
     load_evaluation,
+    on_training_images,
 )
 from dprotonet_core.review.explanation import (  # noqa: F401
     CacheKey,

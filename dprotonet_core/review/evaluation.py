@@ -58,3 +58,27 @@ def classification_by_folder(view: EvaluationView) -> list[dict[str, str]]:
         row["ECE"] = _figure_text((fig.get("calibration") or {}).get("ece"))
         rows.append(row)
     return rows
+
+
+def on_training_images(view: EvaluationView, card: dict | None) -> bool:
+    """The stored evaluation ran on images the checkpoint trained on (its notes say so, or the card says it trained
+    on every image of its dataset and the whole dataset was evaluated)."""
+    from dprotonet_core.evaluate.data import trained_on_every_image
+
+    data = view.metrics.get("dataset") or {}
+    noted = any("training images" in str(note) for note in data.get("notes") or [])
+    return noted or (bool(card) and trained_on_every_image(card) and data.get("split") == "all")
+
+
+TRAINING_IMAGES_WARNING = (
+    "Measured on the images this model was trained on. These figures say how well it fits its own training data, "
+    "not how accurate it is: they are shown for the explanations (Table 5), not as the model's accuracy."
+)
+
+
+def classification_headline(view: EvaluationView, card: dict | None) -> dict[str, str]:
+    """classification_metrics with labels that say where they were measured: "on training images" when so."""
+    figures = classification_metrics(view)
+    if not on_training_images(view, card):
+        return figures
+    return {f"{label} on training images": value for label, value in figures.items()}

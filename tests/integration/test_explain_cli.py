@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -52,3 +53,30 @@ def test_explain_cli_computes_prototype_side_when_missing(tmp_path, tiny_model, 
     assert "computed now" in record["note"] and "computed now" in record["prototype_method"]
     assert "standard profile: Adam 3 steps" in record["query_method"] and len(record["final_objective"]) == 10
     assert (out / "prototype_heatmap.png").is_file()
+
+
+def test_explain_decides_by_the_cards_rule_and_records_what_ran(tmp_path, tiny_model):
+    import math
+
+    from dprotonet_core.explain import mdm
+
+    k = tiny_model.prototypes.shape[0]
+    records = [PrototypeRecord(i, int(tiny_model.prototype_classes()[i]), "c", f"img{i}", i % 12, 1,
+                               f"proto_{i:03d}.png") for i in range(k)]
+    images = [np.full((64, 64, 3), 40 * i, np.uint8) for i in range(k)]
+    vectors = [torch.rand(k, 5 + i, 5 + i) for i in range(1, 11)]
+    # slope 0: every image gets p(b) = 0.9 >= the threshold 0.5, so the card's rule answers "b" whatever eq. 3's
+    # argmax says, and the explained prototype is one of class b's
+    card = {"classes": ["a", "b"], "calibration": {"slope": 0.0, "intercept": math.log(9.0)},
+            "decision_threshold": {"value": 0.5, "rule": "youden"}}
+    with torch.no_grad():  # eq. 3's argmax says "a" for any image: every prototype adds to a, none to b
+        tiny_model.last_layer.weight.copy_(torch.stack([torch.ones(k), -torch.ones(k)]))
+    ck = save_checkpoint(tiny_model, tmp_path / "ck", card, records, images, vectors)
+    out = _run(tmp_path, ck, "--profile", "standard")
+    record = json.loads((out / "explanation.json").read_text())
+    assert record["prediction"]["class_name"] == "b" and record["prediction"]["probabilities_are"] == "calibrated"
+    assert record["prediction"]["probabilities"][1] == pytest.approx(0.9)
+    assert record["prototype"]["class_name"] == "b"
+    ran = mdm.runnable(mdm.profile("standard"))
+    assert record["mdm_config"]["precision"] == ran.precision  # float32 where bf16 is not native
+    assert record["mdm_config_requested"]["precision"] == "bf16"

@@ -237,7 +237,11 @@ def test_time_compressed_adam_follows_the_paper_path(tiny_model):
 
 def test_profiles():
     assert mdm.profile("paper") == MDM_PROFILES["paper"]
-    assert mdm.profile("paper").iterations == 800 and mdm.profile("paper").eta == 10.0
+    paper, printed = mdm.profile("paper"), mdm.profile("printed")
+    # the paper protocol's 800 Adam steps minimise the deletion-scaled distance with eta_deletion; "printed" is
+    # eq. 13 as printed, whose eta (10) is the one that term uses
+    assert paper.iterations == 800 and paper.distance == "deletion" and paper.effective_eta == 0.4
+    assert printed.iterations == 800 and printed.distance == "paper" and printed.effective_eta == 10.0
     assert mdm.profile("fast").iterations < 800
     with pytest.raises(ValueError):
         mdm.profile("slow")
@@ -416,3 +420,14 @@ def test_a_card_names_its_default_profile_and_anything_else_falls_back_to_the_co
     record = mdm_default_record("paper")
     assert mdm.card_default_profile({"mdm_default_profile": record}) == "paper"
     assert record["method"] == mdm.method_label(MDM_PROFILES["paper"], "paper") and "quality bar" in record["chosen_by"]
+
+
+def test_labels_name_the_step_size_and_betas_where_they_differ_from_the_papers():
+    assert mdm.method_label(MDM_PROFILES["standard"], "standard") == (
+        "standard profile: Adam 200 steps, lr decayed over the last 25% of steps, network in bf16, lr 0.08, "
+        "betas (0.430, 0.992), loss eq. 13 / 14 with the deletion-scaled distance, eta 0.4 (a named deviation)")
+    assert mdm.method_label(MDM_PROFILES["paper"]) == (
+        "Adam 800 steps, loss eq. 13 / 14 with the deletion-scaled distance, eta 0.4 (a named deviation)")
+    from dprotonet_core.review.settings import MDM_PROFILES as PICKER
+
+    assert "deletion-scaled" in PICKER["paper"] and "as printed" in PICKER["printed"]

@@ -252,3 +252,17 @@ def test_threshold_for_the_highest_accuracy_that_keeps_a_sensitivity():
     assert choose_threshold(y, scores, "accuracy_at_sensitivity", min_sensitivity=0.5) == pytest.approx(0.55)
     with pytest.raises(ValueError, match="unknown threshold rule"):
         choose_threshold(y, scores, "f1")
+
+
+def test_pixel_order_breaks_ties_without_position_bias():
+    from dprotonet_core.evaluate.metrics import pixel_order
+
+    cam = np.zeros((56, 56))
+    cam[40:44, 40:44] = 1.0  # 16 salient pixels, the other 3,120 tied at 0
+    order = pixel_order(cam)
+    assert sorted(order.tolist()) == list(range(56 * 56))
+    assert set(order[:16].tolist()) == set(np.flatnonzero(cam.ravel()).tolist())  # the salient block first
+    rows = order[16:16 + 780] // 56  # the first quarter of the tie: raster order would take rows 0-13 only
+    assert 20 < rows.mean() < 35 and rows.max() > 40
+    assert np.array_equal(order, pixel_order(cam))  # the same order every time (fixed seed)
+    assert not np.array_equal(order, pixel_order(cam, seed=1))

@@ -107,16 +107,16 @@ def test_outline_image_draws_outline_and_box():
     assert tuple(img[10, 10]) == (0, 0, 0)  # interior untouched
 
 
-def test_overlay_is_fast_enough_for_sliders():
-    import time
-
+def test_the_slider_path_needs_only_the_mask_stack():
+    # moving gamma / alpha / beta re-thresholds the cached stack: no model, the same images from the same inputs
+    # (its speed is measured in bench/app.py, not asserted here)
     rng = np.random.default_rng(0)
     stack = rng.random((10, 224, 224), dtype=np.float32)
     x = rng.random((224, 224, 3), dtype=np.float32)
     s = ov.mask_sum(stack)
-    t0 = time.perf_counter()
     c = ov.cam(s, 5.0)
-    ov.heatmap_image(x, c.map)
-    ov.binary_image(x, c.map)
-    ov.outline_image(x, c)
-    assert time.perf_counter() - t0 < 0.5  # generous: the budget is 50 ms, measured in bench
+    first = ov.heatmap_image(x, c.map), ov.binary_image(x, c.map), ov.outline_image(x, c)
+    again = ov.heatmap_image(x, ov.cam(ov.mask_sum(stack), 5.0).map)
+    assert all(img.shape == (224, 224, 3) and img.dtype == np.uint8 for img in first)
+    assert np.array_equal(first[0], again)
+    assert not np.array_equal(ov.cam(s, 6.0).map, c.map)  # a higher gamma keeps fewer pixels
