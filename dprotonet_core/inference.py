@@ -113,12 +113,14 @@ def decide(probabilities: torch.Tensor | np.ndarray, threshold: float | None = N
     return np.where(chosen, positive, other)
 
 
-def decision_rule(classes: Sequence[str], threshold: float | None, positive: int = 1) -> str:
+def decision_rule(classes: Sequence[str], threshold: float | None, positive: int = 1,
+                  calibrated: bool = False) -> str:
     """How `decide` answers, in one line, for the CLI's JSON and the evaluation report."""
     if threshold is None:
-        return "argmax of eq. 3"
+        return "argmax of eq. 3" + (" (of the calibrated probabilities)" if calibrated else "")
     name = classes[positive]
-    return f"{name} when p({name}) >= {threshold:.4g} (the card's threshold, chosen on validation)"
+    kind = "the calibrated " if calibrated else ""
+    return f"{name} when {kind}p({name}) >= {threshold:.4g} (the card's threshold, chosen on validation)"
 
 
 def default_classes(model: DProtoNet) -> list[str]:

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         check = ood.check(result.ood_score, ckpt.card.get("ood"))
         fields = result.to_json(args.top_k)
         top = fields.pop("top_prototypes")
-        decision = decision_rule(ckpt.classes, ckpt.decision_threshold)
+        decision = decision_rule(ckpt.classes, ckpt.decision_threshold, calibrated=ckpt.calibration is not None)
         print(json.dumps({"file": path, "checkpoint": str(folder), **fields, "decision": decision,
                           "task_fit": fit.to_json(), "ood": check.to_json(), "top_prototypes": top}), flush=True)
     return 2 if failed else 0

@@ -31,6 +31,7 @@ class Predictions:
     probabilities: np.ndarray  # (N, C)
     seconds: float
     threshold: float | None = None  # the checkpoint's decision threshold on p(class 1); None: argmax (eq. 3)
+    calibrated: bool = False  # probabilities are the card's calibrated ones (calibration.py)
 
     @property
     def predicted(self) -> np.ndarray:

@@ -77,7 +77,8 @@ def predict_split(model: DProtoNet, data: EvalData, batch_size: int, progress: b
         with torch.no_grad():
             chunks.append(prob(images).float().cpu().numpy())
     ids = [data.item_id(k) for k in range(len(data))]
-    return Predictions(ids, data.labels(), np.concatenate(chunks), time.perf_counter() - start, threshold)
+    return Predictions(ids, data.labels(), np.concatenate(chunks), time.perf_counter() - start, threshold,
+                       calibration is not None)
 
 
 def _macro(fn: Callable[..., float], labels: np.ndarray, values: np.ndarray, num_classes: int) -> float:
@@ -96,7 +97,7 @@ def classification_metrics(pred: Predictions, classes: list[str], positive: int)
         "accuracy": M.accuracy(y, p),
         "confusion_matrix": M.confusion_matrix(y, p, num_classes).tolist(),
         "seconds_per_image": pred.seconds / max(y.size, 1),
-        "decision": decision_rule(classes, pred.threshold, positive),
+        "decision": decision_rule(classes, pred.threshold, positive, pred.calibrated),
     }
     if num_classes == 2:
         fpr, tpr = M.roc_curve(y, probs[:, positive], positive)

@@ -197,7 +197,12 @@ def test_bundled_sample_shows_its_stored_explanation_at_once(name, monkeypatch, 
     card = load_checkpoint(REPO / "assets" / "checkpoints" / name).card
     default = mdm.card_default_profile(card)
     assert at.sidebar.selectbox(key="mdm_profile").value == default
-    label = mdm.method_label(mdm.profile(default), default)
+    steps = {"standard": "200 steps, lr decayed over the last 25% of steps, network in bf16, lr 0.08, betas (0.430, "
+                         "0.992)",
+             "thorough": "400 steps, lr decayed over the last 25% of steps, network in bf16, lr 0.04, betas (0.656, "
+                         "0.996)"}[default]
+    label = (f"{default} profile: Adam {steps}, loss eq. 13 / 14 with the deletion-scaled distance, eta 0.4 (a named "
+             "deviation)")
     assert f"Your image: {label}; computed when the demo was built" in _texts(at)
     assert card["prototype_mdm"]["profile"] == default
     assert f"Prototype: {default} profile: Adam {mdm.profile(default).iterations} steps" in _texts(at)

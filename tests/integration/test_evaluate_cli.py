@@ -59,7 +59,9 @@ def test_evaluate_writes_every_output(tiny_checkpoint, blob_folder, tmp_path, ca
     for row in rows:
         assert row["n_images"] == 2
         for column in ("AD", "AI", "D", "I", "s/img"):
-            assert isinstance(row[column], float)
+            assert isinstance(row[column], float) and math.isfinite(row[column]), (row["method"], column)
+        assert 0.0 <= row["AD"] <= 100.0 and 0.0 <= row["AI"] <= 100.0  # percentages
+        assert 0.0 <= row["D"] <= 1.0 and 0.0 <= row["I"] <= 1.0  # areas under a probability curve
     with open(out / "table5.csv") as f:
         assert len(list(csv.DictReader(f))) == len(METHODS)
     assert "| Method |" in (out / "table5.md").read_text()
@@ -125,3 +127,14 @@ def test_localisation_is_scored_on_annotated_images(tiny_model):
     assert row["n_localisation"] == len(annotated) == 2
     for key in ("DICE", "IoU", "PPV", "Sensitivity"):
         assert 0.0 <= row[key] <= 1.0
+    # the figures are those of the top-50% map against each disc, averaged: recompute them by hand
+    from dprotonet_core.evaluate.cams import compute_cam
+    from dprotonet_core.evaluate.metrics import localisation_scores
+
+    by_hand = []
+    for k, target in zip(annotated, result.targets):
+        cam = compute_cam("gradcam", tiny_model, data.image(k), target, EvalConfig())
+        by_hand.append(localisation_scores(cam, dataset.mask(k), 50.0))
+    for key in ("DICE", "IoU", "PPV", "Sensitivity"):
+        assert row[key] == pytest.approx(float(np.mean([s[key] for s in by_hand])), abs=1e-6), key
+    assert result.targets == [data.label(k) for k in annotated]  # scored on the class the disc marks

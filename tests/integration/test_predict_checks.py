@@ -32,7 +32,9 @@ def test_auto_picks_the_fitting_checkpoint_per_file(capsys, tmp_path):
     assert "no bundled checkpoint is made for this image" in other["error"] and "modality MR" in other["error"]
     for line in (chest, fundus):
         assert set(line["ood"]) == {"score", "threshold", "flagged"} and line["ood"]["threshold"] is not None
-        assert line["prediction"] in ("pneumonia", "no pneumonia", "PM", "non-PM")
+    assert chest["prediction"] in ("pneumonia", "no pneumonia")  # the DICOM has no pneumonia label
+    assert fundus["prediction"] == "PM"  # a P* photograph: pathologic myopia
+    assert fundus["ood"]["flagged"] is False and fundus["ood"]["score"] < fundus["ood"]["threshold"]
     assert "p(pneumonia) >=" in chest["decision"] and fundus["decision"] == "argmax of eq. 3"
 
 
@@ -40,3 +42,14 @@ def test_a_chosen_checkpoint_says_when_the_file_does_not_fit(capsys):
     code = cli.main(["predict", "--checkpoint", str(BUNDLED / "ichallenge-pm"), "--threads", "1", str(REAL_DICOM)])
     (line,) = _lines(capsys)
     assert code == 0 and line["task_fit"]["fits"] is False and "modality CR" in line["task_fit"]["reason"]
+
+
+def test_the_fundus_model_flags_a_chest_radiograph_as_unlike_its_training_images(capsys):
+    """Not only the task-fit check: the out-of-distribution score itself moves for a foreign image."""
+    palm = sorted(PALM_DIR.glob("P*.jpg"))[0]
+    code = cli.main(["predict", "--checkpoint", str(BUNDLED / "ichallenge-pm"), "--threads", "1", str(palm),
+                     str(REAL_DICOM)])
+    own, foreign = _lines(capsys)
+    assert code == 0 and own["ood"]["threshold"] == foreign["ood"]["threshold"]
+    assert foreign["ood"]["score"] > own["ood"]["score"] and foreign["ood"]["flagged"] is True
+    assert own["ood"]["flagged"] is False
