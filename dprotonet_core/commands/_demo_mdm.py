@@ -40,16 +40,19 @@ def prototype_mdm_record(profile: str, seconds: float) -> dict:
             "machine": machine_info()}
 
 
-def mdm_default_record(profile: str) -> dict:
+MEASURED_HERE = ("the fastest MDM profile that met issue 19's quality bar on this checkpoint against the 1,600-step "
+                 "reference (python -m bench.mdm_quality, 12 images; README, Benchmarks)")
+
+
+def mdm_default_record(profile: str, chosen_by: str | None = None) -> dict:
     """The card's "mdm_default_profile": the profile the app and `explain` start from for this checkpoint, what it
-    runs, and how it was chosen."""
+    runs, and how it was chosen (`chosen_by`; default: measured on this checkpoint by bench.mdm_quality)."""
     from dprotonet_core.explain.mdm import method_label, runnable
     from dprotonet_core.explain.mdm import profile as mdm_profile
 
     return {"profile": profile, "method": method_label(mdm_profile(profile), profile),
             "runs_here_as": method_label(runnable(mdm_profile(profile)), profile),
-            "chosen_by": "the fastest MDM profile that met issue 19's quality bar on this checkpoint against the "
-                         "1,600-step reference (python -m bench.mdm_quality, 12 images; README, Benchmarks)"}
+            "chosen_by": chosen_by or MEASURED_HERE}
 
 
 def refresh_prototype_side(folder: Path, profile: str, card_updates: dict | None = None) -> dict:
