@@ -20,9 +20,11 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev
 
-# Debian's chromium drives the browser tests (Playwright cannot download its own browser here).
+# Debian's chromium drives the browser tests (Playwright cannot download its own browser here); dicom3tools'
+# dciodvfy validates the DICOM objects the app exports.
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; }
+	@command -v chromium >/dev/null 2>&1 && command -v dciodvfy >/dev/null 2>&1 || \
+		{ apt-get update -q && apt-get install -y -q chromium dicom3tools; }
 
 run: install
 	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)

@@ -130,7 +130,9 @@ class TrainConfig:
     lr_last_layer_fit: float = 1e-2
     last_layer_max_steps: int = 5000
     last_layer_window: int = 50
-    last_layer_tol: float = 1e-5
+    # Settled: the loss moved by less than this share over `last_layer_window` steps. 1e-5 was too strict: on the
+    # RSNA build it ran all 5,000 steps while the loss went 4.28 -> 0.4160 by step 2,000 and 0.4149 by 5,000.
+    last_layer_tol: float = 1e-4
 
 
 @dataclass(frozen=True)

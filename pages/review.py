@@ -189,6 +189,11 @@ def panes(explanation: review.Explanation) -> None:
                        key="dl_png", on_click="ignore")
     d2.download_button("Download report (JSON)", review.report_json(report), "dprotonet-report.json",
                        "application/json", key="dl_json", on_click="ignore")
+    dicom_source = data if report.image_kind == "dicom" else None
+    st.download_button("Download DICOM objects for a PACS (ZIP)",
+                       lambda: review.dicom_export_zip(report, dicom_source), "dprotonet-dicom.zip",
+                       "application/zip", key="dl_dicom", on_click="ignore", help=review.dicom_export_label(report))
+    st.caption(review.dicom_export_label(report))
 
 
 panes(explanation)

@@ -10,7 +10,7 @@ Nothing about an upload is written to disk or logged here: bytes are read in mem
 kept as a cache key, and the report carries no DICOM header field.
 
 Modules, each with one reader: settings, catalogue, case, explanation, render, report, gallery, evaluation,
-card. `from dprotonet_core import review; review.X` reaches every public name.
+card, queue, text. `from dprotonet_core import review; review.X` reaches every public name.
 """
 
 from __future__ import annotations
@@ -70,6 +70,11 @@ from dprotonet_core.review.catalogue import (  # noqa: F401
     list_checkpoints,
     load_model,
     models_dir,
+)
+from dprotonet_core.review.dicom_export import (  # noqa: F401
+    dicom_export_label,
+    dicom_export_zip,
+    export_request,
 )
 from dprotonet_core.review.evaluation import (  # noqa: F401
     TRAINING_IMAGES_WARNING,
@@ -161,4 +166,5 @@ from dprotonet_core.review.settings import (  # noqa: F401
     configure_logging,
     configure_torch,
 )
+from dprotonet_core.review.text import plain, unescaped  # noqa: F401
 from dprotonet_core.task_fit import task_fit  # noqa: F401
