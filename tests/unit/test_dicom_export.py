@@ -159,3 +159,24 @@ def test_a_patient_age_written_as_a_bare_number_is_made_valid(reviewed):
     ds.save_as(raw, enforce_file_format=True)
     objects = export_objects(review.export_request(report), raw.getvalue())
     assert objects["SEG"].PatientAge == "062Y"
+
+
+def test_the_secondary_capture_opens_again_as_the_report_image(reviewed):
+    report, data = reviewed["dicom"]
+    sc = _objects(review.dicom_export_zip(report, data))["SC"]
+    raw = io.BytesIO()
+    sc.save_as(raw, enforce_file_format=True)
+    loaded = review.read_upload(raw.getvalue())  # what the app does with an uploaded SC
+    with Image.open(io.BytesIO(review.report_png(report))) as im:
+        expected = np.asarray(im.convert("RGB"), np.float32) / 255.0
+    assert loaded.kind == "dicom" and loaded.pixels.shape == expected.shape
+    assert np.abs(loaded.pixels - expected).max() < 1e-6
+
+
+def test_the_export_logs_nothing_of_the_patient(reviewed, caplog):
+    import logging
+
+    report, data = reviewed["dicom"]
+    with caplog.at_level(logging.DEBUG):
+        review.dicom_export_zip(report, data)
+    assert "MRN-0042-XYZ" not in caplog.text and "Doe" not in caplog.text
