@@ -25,29 +25,33 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from dprotonet_core import checkpoint_folder as folder_checks
+from dprotonet_core.checkpoint_folder import (  # noqa: F401 - CheckpointError is this module's error too
+    CARD_FILE,
+    MAX_INDEX_BYTES,
+    MAX_MASK_ELEMENTS,
+    MAX_MODEL_ELEMENTS,
+    MODEL_FILE,
+    PROTOTYPE_DIR,
+    PROTOTYPE_INDEX,
+    CheckpointError,
+)
 from dprotonet_core.config import ModelConfig, from_dict, to_dict
 from dprotonet_core.model.dprotonet import DProtoNet
 
 FORMAT_VERSION = 1
-MODEL_FILE = "model.safetensors"
-CARD_FILE = "card.json"
-PROTOTYPE_DIR = "prototypes"
-PROTOTYPE_INDEX = "index.json"
 MASK_VECTORS_FILE = "mask_vectors.safetensors"
 _MASK_KEY = "feature_masks"
-_PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib", ".npz")
+MAX_MASK_VECTORS = 64  # D of the prototype-side mask vectors (the bundled checkpoints: 10)
 
 
 def model_digest(card: dict) -> str:
     """The sha256 of the weights file as a checkpoint's card records it ("" when it has none): the model's
     identity for caches and the samples' stored explanations."""
     return card.get("sha256", {}).get(MODEL_FILE, "")
-
-
-class CheckpointError(Exception):
-    """A checkpoint folder that cannot be trusted; the message names the file and the problem."""
 
 
 @dataclass
@@ -65,6 +69,26 @@ class PrototypeRecord:
     @classmethod
     def from_dict(cls, data: dict) -> PrototypeRecord:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+    @classmethod
+    def checked(cls, data, position: int, config: ModelConfig) -> PrototypeRecord:
+        """A record of prototypes/index.json with every field of the type and range the model allows."""
+        where = f"{PROTOTYPE_DIR}/{PROTOTYPE_INDEX}: record {position}"
+        if not isinstance(data, dict) or any(k not in data for k in cls.__dataclass_fields__):
+            raise CheckpointError(f"{where} lacks a field of {', '.join(cls.__dataclass_fields__)}")
+        ints = {"index": config.num_prototypes, "class_index": config.num_classes,
+                "mask_index": config.num_feature_masks, "views": 1_000_000}
+        for key, bound in ints.items():
+            value = data[key]
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < bound:
+                raise CheckpointError(f"{where}: {key} must be an integer from 0 to {bound - 1}")
+        if data["index"] != position:
+            raise CheckpointError(f"{where}: its index is {data['index']}")
+        for key in ("class_name", "source_id"):
+            if not isinstance(data[key], str) or len(data[key]) > 200:
+                raise CheckpointError(f"{where}: {key} must be a string")
+        folder_checks.plain_name(data["image"], where)
+        return cls.from_dict(data)
 
 
 @dataclass
@@ -98,9 +122,12 @@ class Checkpoint:
         return record if isinstance(record, dict) and "slope" in record and "intercept" in record else None
 
     def prototype_image(self, index: int) -> np.ndarray:
-        """The source image of prototype `index` as uint8 (H, W, 3)."""
+        """The source image of prototype `index` as uint8 (H, W, 3), at the model's input size (checked from the
+        header before decoding, here too: the file was checked at load but is read again now)."""
         record = self.prototypes[index]
-        with Image.open(self.path / PROTOTYPE_DIR / record.image) as im:
+        rel = f"{PROTOTYPE_DIR}/{record.image}"
+        with Image.open(folder_checks.inside(self.path, rel)) as im:
+            _check_prototype_image(rel, im, int(self.model.config.input_size))
             return np.asarray(im.convert("RGB"))
 
 
@@ -188,46 +215,22 @@ def save_checkpoint(
     return out
 
 
-def _refuse_pickles(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if not path.is_file():
-            continue
-        if path.suffix.lower() in _PICKLE_SUFFIXES:
-            raise CheckpointError(f"{path.name}: pickle-type files are not accepted in a checkpoint folder")
-        with open(path, "rb") as f:
-            head = f.read(4)
-        if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-            raise CheckpointError(f"{path.relative_to(folder)}: looks like a Python pickle; refused")
-        if head in (b"PK\x03\x04", b"PK\x05\x06"):
-            raise CheckpointError(
-                f"{path.relative_to(folder)}: a zip archive (torch.save's format, which holds a pickle); refused"
-            )
-
-
 def read_card(folder: str | Path) -> dict:
-    """card.json of a checkpoint folder, or CheckpointError."""
-    path = Path(folder) / CARD_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{CARD_FILE} is missing")
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{CARD_FILE} is not valid JSON ({exc})") from None
-    for key in ("classes", "model_config", "sha256", "tensors"):
-        if key not in card:
-            raise CheckpointError(f"{CARD_FILE} has no {key!r} field")
-    return card
+    """card.json of a checkpoint folder (size, depth and field types checked), or CheckpointError."""
+    card = folder_checks.read_json(Path(folder) / CARD_FILE, CARD_FILE, folder_checks.MAX_CARD_BYTES)
+    return folder_checks.check_card_fields(card)
 
 
 def _verify_hashes(folder: Path, card: dict) -> None:
+    """Every listed file, read only after its name is checked: inside the folder, no link, not a pickle."""
     expected: dict[str, str] = card["sha256"]
     if MODEL_FILE not in expected:
         raise CheckpointError(f"{CARD_FILE}: no sha256 for {MODEL_FILE}")
+    paths = {rel: folder_checks.inside(folder, rel) for rel in expected}  # every name first, then any reading
     for rel, digest in expected.items():
-        path = folder / rel
-        if not path.is_file():
-            raise CheckpointError(f"{rel}: listed in {CARD_FILE} but missing")
-        actual = sha256_file(path)
+        with open(paths[rel], "rb") as f:
+            folder_checks.refuse_pickle_header(rel, f.read(4))
+        actual = sha256_file(paths[rel])
         if actual != digest:
             raise CheckpointError(f"{rel}: sha256 {actual[:12]}... differs from card.json's {digest[:12]}...")
 
@@ -259,10 +262,11 @@ def _check_tensors(folder: Path, card: dict, state: dict[str, torch.Tensor], mod
 
 def _check_config(card: dict) -> ModelConfig:
     """The card's model config, and that the card's class list agrees with it."""
+    folder_checks.check_config_values(card["model_config"])
     try:
         config = from_dict(ModelConfig, card["model_config"])
     except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"card.json: model_config is not valid ({exc})") from None
+        raise CheckpointError(f"card.json: model_config is not valid ({' '.join(str(exc).split())[:200]})") from None
     if len(card["classes"]) != config.num_classes:
         raise CheckpointError(
             f"card.json: {len(card['classes'])} classes listed but the model has {config.num_classes} outputs"
@@ -270,41 +274,150 @@ def _check_config(card: dict) -> ModelConfig:
     return config
 
 
-def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
+_MAX_HEADER_BYTES = 16 * 1024 * 1024
+_TENSOR_DTYPES = ("F16", "BF16", "F32", "F64", "U8", "I8", "I16", "I32", "I64", "BOOL")
+
+
+def _safetensors_shapes(path: Path, what: str = MODEL_FILE) -> dict[str, list[int]]:
     """Tensor name -> shape from a safetensors file's JSON header, without reading any tensor."""
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
-            if not 2 <= size <= 100_000_000:
+            if not 2 <= size <= _MAX_HEADER_BYTES:
                 raise ValueError(f"header length {size}")
             header = json.loads(f.read(size))
-        return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{MODEL_FILE}: cannot be read as safetensors ({exc})") from None
+        shapes = {}
+        for name, spec in header.items():
+            if name == "__metadata__":
+                continue
+            if spec["dtype"] not in _TENSOR_DTYPES or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in spec["shape"]
+            ):
+                raise ValueError(f"tensor {name[:40]!r} has dtype {str(spec['dtype'])[:10]} shape {spec['shape']}")
+            shapes[name] = list(spec["shape"])
+        return shapes
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise CheckpointError(f"{what}: cannot be read as safetensors ({' '.join(str(exc).split())[:200]})") from None
+
+
+def _meta_model(config: ModelConfig) -> DProtoNet:
+    """The card's model on the meta device (shapes only: no memory, no random init), within the size bounds."""
+    with torch.device("meta"):
+        model = DProtoNet(config)
+    state = model.state_dict()
+    if state[_MASK_KEY].numel() > MAX_MASK_ELEMENTS:
+        raise CheckpointError(f"card.json: model_config asks for {state[_MASK_KEY].numel():,} feature-mask values "
+                              f"(at most {MAX_MASK_ELEMENTS:,}); refused")
+    total = sum(t.numel() for t in state.values())
+    if total > MAX_MODEL_ELEMENTS:
+        raise CheckpointError(f"card.json: model_config asks for {total:,} weights (at most {MAX_MODEL_ELEMENTS:,})")
+    return model
 
 
 def _check_declared_shapes(folder: Path, card: dict, config: ModelConfig) -> None:
-    """Cheap form of _check_tensors for listing: the file's header against the card and the card's model
-    (built on the meta device: shapes only, no memory, no random init)."""
-    with torch.device("meta"):
-        model = DProtoNet(config)
+    """Cheap form of _check_tensors: the file's header against the card and the card's model (on the meta device),
+    before any tensor is read or the model is built."""
+    model = _meta_model(config)
     shapes = {k: torch.empty(v, device="meta") for k, v in _safetensors_shapes(folder / MODEL_FILE).items()}
     _check_tensors(folder, card, shapes, model)
 
 
-def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load and verify a checkpoint folder; the model comes back in eval mode, frozen."""
-    folder = Path(folder)
+def _check_prototype_image(rel: str, im: Image.Image, size: int) -> None:
+    if im.format != "PNG" or im.size != (size, size):
+        raise CheckpointError(f"{rel}: a prototype image must be a {size} x {size} PNG (the model's input size); "
+                              f"this is a {im.size[0]} x {im.size[1]} {im.format or 'unknown'} image")
+
+
+def _read_records(folder: Path, card: dict, config: ModelConfig) -> list[PrototypeRecord]:
+    """prototypes/index.json (when listed): one checked record per prototype, each image listed, inside the
+    folder and a PNG of the model's input size (from its header; nothing is decoded)."""
+    rel = f"{PROTOTYPE_DIR}/{PROTOTYPE_INDEX}"
+    if rel not in card["sha256"]:
+        return []
+    data = folder_checks.read_json(folder_checks.inside(folder, rel), rel, MAX_INDEX_BYTES)
+    if not isinstance(data, list):
+        raise CheckpointError(f"{rel}: malformed (not a list of records)")
+    if len(data) != config.num_prototypes:
+        raise CheckpointError(f"{rel}: {len(data)} records for {config.num_prototypes} prototypes")
+    records = [PrototypeRecord.checked(r, i, config) for i, r in enumerate(data)]
+    for record in records:
+        image_rel = f"{PROTOTYPE_DIR}/{record.image}"
+        if image_rel not in card["sha256"]:
+            raise CheckpointError(f"{rel}: record {record.index} names {record.image!r}, which card.json does not "
+                                  "list with its sha256; refused")
+        try:
+            with Image.open(folder_checks.inside(folder, image_rel)) as im:
+                _check_prototype_image(image_rel, im, int(config.input_size))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise CheckpointError(f"{image_rel}: not a readable image ({' '.join(str(exc).split())[:120]})") from None
+    return records
+
+
+def _check_mask_vectors(folder: Path, card: dict, config: ModelConfig) -> None:
+    """prototypes/mask_vectors.safetensors (when listed): d1..dD, each (K, a_i, b_i) no larger than the input."""
+    rel = f"{PROTOTYPE_DIR}/{MASK_VECTORS_FILE}"
+    if rel not in card["sha256"]:
+        return
+    shapes = _safetensors_shapes(folder_checks.inside(folder, rel), rel)
+    expected = {f"d{i + 1}" for i in range(len(shapes))}
+    if not shapes or len(shapes) > MAX_MASK_VECTORS or set(shapes) != expected:
+        raise CheckpointError(f"{rel}: expected tensors d1 ... dD (D at most {MAX_MASK_VECTORS})")
+    for name, shape in shapes.items():
+        if (len(shape) != 3 or shape[0] != config.num_prototypes
+                or not all(1 <= n <= config.input_size for n in shape[1:])):
+            raise CheckpointError(f"{rel}: tensor {name} has shape {shape}, not ({config.num_prototypes}, a, b)")
+
+
+def _verify_folder(folder: Path) -> tuple[dict, ModelConfig, list[PrototypeRecord]]:
+    """Everything about a folder that can be checked without reading a tensor: its entries (no links, no pickles,
+    nothing unlisted in prototypes/), the card, every listed file's name and hash, the tensor header against the
+    card and the card's model, the prototype records and images, the mask vectors' header."""
     if not folder.is_dir():
         raise CheckpointError("not a checkpoint folder (no such directory)")
-    _refuse_pickles(folder)
+    names = folder_checks.scan_folder(folder)
     card = read_card(folder)
-    _verify_hashes(folder, card)
     config = _check_config(card)
+    for rel in card["sha256"]:
+        folder_checks.listed_parts(rel)
+    folder_checks.refuse_unlisted(names, card["sha256"])
+    _verify_hashes(folder, card)
+    _check_declared_shapes(folder, card, config)
+    records = _read_records(folder, card, config)
+    _check_mask_vectors(folder, card, config)
+    return card, config, records
+
+
+def _refuse_non_finite(rel: str, tensors: dict[str, torch.Tensor]) -> None:
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{rel}: tensor {name!r} holds NaN or infinite values; refused")
+
+
+def _refuse_non_finite_file(folder: Path, rel: str) -> None:
+    """The same check on a listed safetensors file, one tensor at a time (the listing: bounded memory)."""
+    try:
+        with safe_open(str(folder_checks.inside(folder, rel)), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                _refuse_non_finite(rel, {name: f.get_tensor(name)})
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{rel}: cannot be read as safetensors ({' '.join(str(exc).split())[:200]})") from None
+
+
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load and verify a checkpoint folder; the model comes back in eval mode, frozen.
+
+    The model is built only after the folder, the card and the tensor header passed `_verify_folder` (so a card
+    cannot make it allocate more than the size bounds allow); tensors that are not finite are refused."""
+    folder = Path(folder)
+    card, config, records = _verify_folder(folder)
     try:
         state = load_file(str(folder / MODEL_FILE))
     except Exception as exc:  # safetensors raises several types for a damaged file
-        raise CheckpointError(f"{MODEL_FILE}: cannot be read as safetensors ({exc})") from None
+        raise CheckpointError(f"{MODEL_FILE}: cannot be read as safetensors ({' '.join(str(exc).split())[:200]})") \
+            from None
+    _refuse_non_finite(MODEL_FILE, state)
     model = DProtoNet(config)
     _check_tensors(folder, card, state, model)
     if _MASK_KEY in state:
@@ -313,44 +426,49 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
     model.load_state_dict(state)
     model.eval().requires_grad_(False).to(device)
 
-    records: list[PrototypeRecord] = []
-    index_path = folder / PROTOTYPE_DIR / PROTOTYPE_INDEX
-    if index_path.is_file():
-        try:
-            records = [PrototypeRecord.from_dict(r) for r in json.loads(index_path.read_text())]
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{PROTOTYPE_DIR}/{PROTOTYPE_INDEX}: malformed ({exc})") from None
-        if len(records) != config.num_prototypes:
-            raise CheckpointError(
-                f"{PROTOTYPE_DIR}/{PROTOTYPE_INDEX}: {len(records)} records for {config.num_prototypes} prototypes"
-            )
     vectors = None
-    vec_path = folder / PROTOTYPE_DIR / MASK_VECTORS_FILE
-    if vec_path.is_file():
-        loaded = load_file(str(vec_path))
-        vectors = [loaded[f"d{i + 1}"] for i in range(len(loaded))]
+    rel = f"{PROTOTYPE_DIR}/{MASK_VECTORS_FILE}"
+    if rel in card["sha256"]:
+        try:
+            loaded = load_file(str(folder_checks.inside(folder, rel)))
+        except Exception as exc:
+            raise CheckpointError(f"{rel}: cannot be read as safetensors ({' '.join(str(exc).split())[:200]})") \
+                from None
+        _refuse_non_finite(rel, loaded)
+        vectors = [loaded[f"d{i + 1}"].float() for i in range(len(loaded))]
     return Checkpoint(path=folder, model=model, card=card, prototypes=records, prototype_mask_vectors=vectors)
+
+
+def _unexpected(exc: BaseException) -> str:
+    """One line for a failure the checks did not foresee (no traceback, no server path)."""
+    what = {RecursionError: "nested too deeply", MemoryError: "needs more memory than is available"}
+    return f"could not be checked: {what.get(type(exc), type(exc).__name__)}; refused"
 
 
 def find_checkpoints(models_dir: str | Path) -> list[tuple[Path, dict | None, str | None]]:
     """Every folder under `models_dir` holding a card.json: (path, card or None, problem or None).
 
-    Checked here (cheap): pickles, the card, hashes, and tensor shapes from the file's header against the card
-    and the card's model; `load_checkpoint` then reads the tensors themselves."""
+    Each folder is checked on its own (`_verify_folder`: entries, card, hashes, tensor header, prototype
+    records), and any failure, foreseen or not, lists that folder with a one-line problem; `load_checkpoint` then
+    reads the tensors themselves."""
     found = []
     root = Path(models_dir)
-    if not root.is_dir():
+    try:
+        cards = sorted(root.glob("*/card.json")) if root.is_dir() else []
+    except OSError:
         return found
-    for card_path in sorted(root.glob("*/card.json")):
+    for card_path in cards:
         folder = card_path.parent
         try:
-            _refuse_pickles(folder)
-            card = read_card(folder)
-            _verify_hashes(folder, card)
-            _check_declared_shapes(folder, card, _check_config(card))
+            card, _, _ = _verify_folder(folder)
+            for rel in (MODEL_FILE, f"{PROTOTYPE_DIR}/{MASK_VECTORS_FILE}"):
+                if rel in card["sha256"]:
+                    _refuse_non_finite_file(folder, rel)
             found.append((folder, card, None))
         except CheckpointError as exc:
-            found.append((folder, None, str(exc)))
+            found.append((folder, None, " ".join(str(exc).split())))
+        except Exception as exc:  # a folder is untrusted input: nothing it holds may stop the listing
+            found.append((folder, None, _unexpected(exc)))
     return found
 
 

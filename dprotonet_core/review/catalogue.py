@@ -54,7 +54,11 @@ def list_checkpoints(root: Path | None = None, bundled_root: Path = DEFAULT_MODE
     if os.environ.get(BUNDLED_ENV, "1").strip() == "0":  # a deployment serving only its own checkpoints
         sources = sources[1:]
     for base, is_bundled in sources:
-        for path, card, problem in find_checkpoints(base):
+        try:
+            found = find_checkpoints(base)  # each folder checked on its own; a bad one comes back with its problem
+        except OSError:
+            found = []  # an unreadable models directory lists nothing rather than taking the pages down
+        for path, card, problem in found:
             resolved = path.resolve()
             if resolved in entries:
                 continue
@@ -72,23 +76,28 @@ def load_model(path: str | Path) -> Checkpoint:
     try:
         checkpoint = load_checkpoint(path)
     except CheckpointError as exc:
-        raise ReviewError(f"This checkpoint cannot be used: {exc}") from None
+        raise ReviewError(f"This checkpoint cannot be used: {' '.join(str(exc).split())}") from None
+    except Exception as exc:  # an untrusted folder may fail in ways the checks did not foresee: one line, no trace
+        raise ReviewError(f"This checkpoint cannot be used: it could not be loaded ({type(exc).__name__}).") from None
     checkpoint.model.to(memory_format=torch.channels_last)
     return checkpoint
 
 
 def checkpoint_summary(card: dict) -> dict[str, Any]:
-    """The sidebar's lines about a checkpoint: title, task, classes, trained on, synthetic."""
+    """The sidebar's lines about a checkpoint: title, task, classes, trained on, synthetic. Every value is a
+    string (a card is untrusted: whatever type a field has, the page gets text); render them with `plain`."""
     data = card.get("data") if isinstance(card.get("data"), dict) else {}
     trained_on = card.get("trained_on") or data.get("dataset") or "not stated in the card"
+    config = card.get("model_config") if isinstance(card.get("model_config"), dict) else {}
+    classes = card.get("classes") if isinstance(card.get("classes"), list) else []
     return {
-        "title": card.get("name", "checkpoint"),
-        "task": card.get("task", "not stated in the card"),
-        "classes": list(card.get("classes", [])),
+        "title": str(card.get("name") or "checkpoint"),
+        "task": str(card.get("task") or "not stated in the card"),
+        "classes": [str(c) for c in classes],
         "trained_on": str(trained_on),
-        "synthetic": bool(card.get("synthetic", False)),
-        "backbone": (card.get("model_config") or {}).get("backbone", "?"),
-        "input_size": (card.get("model_config") or {}).get("input_size", "?"),
+        "synthetic": card.get("synthetic") is True,
+        "backbone": str(config.get("backbone", "?")),
+        "input_size": str(config.get("input_size", "?")),
         "credit": data_credit(card),
     }
 

@@ -1,30 +1,27 @@
-"""Checkpoint folders that cannot be trusted: refused with a message naming the problem, listed as invalid,
-and the app keeps working with them in DPROTONET_MODELS_DIR.
+"""Checkpoint folders that cannot be trusted: refused with a one-line message naming the problem, listed as
+invalid, and the app keeps working with them in DPROTONET_MODELS_DIR.
 
-Each variant is the tiny test checkpoint (tests/app_support.py) with one thing wrong: a file whose hash
-disagrees with card.json, tensor shapes that disagree with the card (or the card's model), a card that
-disagrees with itself, or a pickle somewhere in the folder (by suffix, by pickle header, or torch.save's zip
-format under the model's name with a matching hash).
+Each variant (tests/bad_checkpoints.py) is the tiny test checkpoint with one thing wrong: a file whose hash
+disagrees with card.json, tensor shapes that disagree with the card (or the card's model), a card that disagrees
+with itself, is too large or too deep, or has fields of the wrong type, an unknown backbone, sizes that would
+allocate gigabytes, names pointing outside the folder, a symbolic link, an unlisted file, a pickle somewhere in
+the folder, NaN or infinite weights, a prototype image far larger than the model's input.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
-import pickle
-import shutil
-from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from streamlit.testing.v1 import AppTest
 
+from dprotonet_core import checkpoint as checkpoint_module
 from dprotonet_core import review
 from dprotonet_core.checkpoint import CheckpointError, find_checkpoints, load_checkpoint
 from tests.app_support import TINY_NAME, make_tiny_checkpoint
+from tests.bad_checkpoints import OUTSIDE_FILE, VARIANTS, add_bad_checkpoints
 from tests.conftest import REPO
 
 APP = str(REPO / "app.py")
@@ -33,108 +30,23 @@ TIMEOUT = 60
 torch.set_num_threads(1)
 
 
-def _card(folder: Path) -> dict:
-    return json.loads((folder / "card.json").read_text())
-
-
-def _write_card(folder: Path, card: dict) -> None:
-    (folder / "card.json").write_text(json.dumps(card, indent=1))
-
-
-def _rehash(folder: Path, rel: str) -> None:
-    card = _card(folder)
-    card["sha256"][rel] = hashlib.sha256((folder / rel).read_bytes()).hexdigest()
-    _write_card(folder, card)
-
-
-def tampered_model(folder: Path) -> None:
-    data = bytearray((folder / "model.safetensors").read_bytes())
-    data[-3] ^= 0xFF  # one byte of the last tensor
-    (folder / "model.safetensors").write_bytes(bytes(data))
-
-
-def tampered_prototype_image(folder: Path) -> None:
-    path = folder / "prototypes" / "proto_001.png"
-    path.write_bytes(path.read_bytes() + b"\x00")
-
-
-def card_shape(folder: Path) -> None:
-    card = _card(folder)
-    card["tensors"]["prototypes"]["shape"] = [4, 8]
-    _write_card(folder, card)
-
-
-def model_shape(folder: Path) -> None:
-    """Tensors, card and hash agree with each other, but not with the model the card describes."""
-    state = load_file(str(folder / "model.safetensors"))
-    state["prototypes"] = state["prototypes"][:, :8].contiguous()
-    save_file(state, str(folder / "model.safetensors"))
-    card = _card(folder)
-    card["tensors"]["prototypes"]["shape"] = [4, 8]
-    _write_card(folder, card)
-    _rehash(folder, "model.safetensors")
-
-
-def card_classes(folder: Path) -> None:
-    card = _card(folder)
-    card["classes"] = ["normal", "finding", "other"]
-    _write_card(folder, card)
-
-
-def card_without_hashes(folder: Path) -> None:
-    card = _card(folder)
-    del card["sha256"]
-    _write_card(folder, card)
-
-
-def card_not_json(folder: Path) -> None:
-    (folder / "card.json").write_text("{ not json")
-
-
-def pickle_by_suffix(folder: Path) -> None:
-    (folder / "optimizer.pt").write_bytes(b"anything")
-
-
-def pickle_by_header(folder: Path) -> None:
-    (folder / "prototypes" / "extra.dat").write_bytes(pickle.dumps({"a": 1}, protocol=4))
-
-
-def torch_save_as_model(folder: Path) -> None:
-    """torch.save (a zip holding a pickle) under the model's name, with card.json's hash updated to match."""
-    buffer = io.BytesIO()
-    torch.save({"w": torch.zeros(2)}, buffer)
-    (folder / "model.safetensors").write_bytes(buffer.getvalue())
-    _rehash(folder, "model.safetensors")
-
-
-# (name, how to break the folder, words the message must contain)
-VARIANTS: list[tuple[str, Callable[[Path], None], tuple[str, ...]]] = [
-    ("tampered-model", tampered_model, ("model.safetensors", "sha256")),
-    ("tampered-prototype-image", tampered_prototype_image, ("proto_001.png", "sha256")),
-    ("card-shape", card_shape, ("prototypes", "shape", "card.json")),
-    ("model-shape", model_shape, ("prototypes", "shape")),
-    ("card-classes", card_classes, ("classes",)),
-    ("card-without-hashes", card_without_hashes, ("card.json", "sha256")),
-    ("card-not-json", card_not_json, ("card.json", "JSON")),
-    ("pickle-by-suffix", pickle_by_suffix, ("optimizer.pt", "pickle")),
-    ("pickle-by-header", pickle_by_header, ("extra.dat", "pickle")),
-    ("torch-save-as-model", torch_save_as_model, ("model.safetensors", "pickle")),
-]
-
-
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory) -> Path:
+def models_dir(tmp_path_factory):
     """The tiny checkpoint plus one broken copy per variant."""
     root = tmp_path_factory.mktemp("models")
     good = make_tiny_checkpoint(root / TINY_NAME)
-    for name, breaker, _ in VARIANTS:
-        shutil.copytree(good, root / name)
-        breaker(root / name)
+    add_bad_checkpoints(root, good)
     return root
 
 
+@pytest.fixture(scope="module")
+def listed(models_dir) -> dict:
+    """The catalogue's view of the folder: name -> (card, problem)."""
+    return {p.name: (card, problem) for p, card, problem in find_checkpoints(models_dir)}
+
+
 @pytest.mark.parametrize("name,words", [(n, w) for n, _, w in VARIANTS], ids=[v[0] for v in VARIANTS])
-def test_broken_checkpoint_is_refused_naming_the_problem(models_dir, name, words):
+def test_broken_checkpoint_is_refused_naming_the_problem(models_dir, listed, name, words):
     with pytest.raises(CheckpointError) as refused:
         load_checkpoint(models_dir / name)
     message = str(refused.value)
@@ -144,11 +56,57 @@ def test_broken_checkpoint_is_refused_naming_the_problem(models_dir, name, words
     with pytest.raises(review.ReviewError, match="cannot be used"):
         review.load_model(models_dir / name)
 
-    listed = {p.name: (card, problem) for p, card, problem in find_checkpoints(models_dir)}
     card, problem = listed[name]
     assert card is None and problem, f"{name} is listed as valid"
     assert all(w.lower() in problem.lower() for w in words), problem
     assert str(models_dir) not in problem, "the app shows this text: no server paths"
+    assert "\n" not in problem
+
+
+@pytest.mark.parametrize("name", ["traversal-in-hash-list", "absolute-in-hash-list"])
+def test_a_file_named_outside_the_folder_is_never_read(models_dir, monkeypatch, name):
+    """The sha256 list names /etc/passwd: refused from the name; the file is not opened, its hash not shown."""
+    import builtins
+
+    real_open, opened = builtins.open, []
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(models_dir / name)
+    assert not [f for f in opened if f.endswith("passwd")], opened
+    if OUTSIDE_FILE.is_file():
+        assert hashlib.sha256(OUTSIDE_FILE.read_bytes()).hexdigest()[:12] not in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["card-shape", "model-shape", "huge-mask-count", "huge-mask-tensor"])
+def test_the_model_is_not_built_before_the_header_and_sizes_are_checked(models_dir, monkeypatch, name):
+    """A card whose tensors or sizes are wrong is refused before DProtoNet allocates anything on the CPU."""
+    built: list[str] = []
+    real = checkpoint_module.DProtoNet
+
+    def spy(config, *args, **kwargs):
+        device = torch.empty(0).device.type  # the default device in force: "meta" for the header check
+        built.append(device)
+        if device != "meta":
+            raise AssertionError(f"DProtoNet built on {device} before the refusal")
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "DProtoNet", spy)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(models_dir / name)
+    assert all(d == "meta" for d in built), built
+
+
+def test_a_folder_failing_in_an_unforeseen_way_is_listed_with_one_line(models_dir, monkeypatch):
+    real = checkpoint_module._verify_folder
+
+    def fails_once(folder):
+        if folder.name == TINY_NAME:
+            raise ZeroDivisionError("something nobody planned for at /srv/models/x")
+        return real(folder)
+
+    monkeypatch.setattr(checkpoint_module, "_verify_folder", fails_once)
+    listed = {p.name: problem for p, _, problem in find_checkpoints(models_dir)}
+    assert listed[TINY_NAME] == "could not be checked: ZeroDivisionError; refused"
 
 
 def test_the_good_checkpoint_still_loads(models_dir):
@@ -174,7 +132,7 @@ def test_app_lists_broken_checkpoints_as_invalid_and_keeps_working(models_dir, m
 
     expander = next(e for e in at.sidebar.expander if e.label.startswith("Invalid checkpoints"))
     assert f"({len(VARIANTS)})" in expander.label
-    listed = "\n".join(str(m.value) for m in expander.markdown)
+    listed = "\n".join(review.unescaped(str(m.value)) for m in expander.markdown)  # as the reader sees it
     for name, _, words in VARIANTS:
         line = next((ln for ln in listed.splitlines() if ln.startswith(f"**{name}**")), None)
         assert line is not None, f"{name} not listed as invalid"

@@ -16,7 +16,8 @@ from dprotonet_core.checkpoint import CheckpointError, PrototypeRecord, load_che
 def _save(model, folder, dtype="float32"):
     k = model.config.num_prototypes
     records = [PrototypeRecord(j, j // 2, "ab"[j // 2], f"img{j}", j, 1, f"proto_{j:03d}.png") for j in range(k)]
-    images = [np.full((8, 8, 3), j * 20, np.uint8) for j in range(k)]
+    size = model.config.input_size  # prototype images are stored at the model's input size
+    images = [np.full((size, size, 3), j * 20, np.uint8) for j in range(k)]
     return save_checkpoint(model, folder, {"classes": ["a", "b"]}, records, images, dtype=dtype)
 
 
@@ -78,9 +79,36 @@ def test_card_class_count_mismatch_refused(tiny_model, tmp_path):
         load_checkpoint(folder)
 
 
-@pytest.mark.parametrize("name", ["extra.pt", "notes.dat"])
+@pytest.mark.parametrize("name", ["extra.pt", "prototypes/notes.dat"])
 def test_pickle_file_refused(tiny_model, tmp_path, name):
+    """By its suffix (never opened), or in prototypes/ without a hash in the card (never opened either)."""
     folder = _save(tiny_model, tmp_path / "ck")
     (folder / name).write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(CheckpointError, match=name):
         load_checkpoint(folder)
+
+
+def test_listed_pickle_refused_by_its_header(tiny_model, tmp_path):
+    import hashlib
+
+    folder = _save(tiny_model, tmp_path / "ck")
+    (folder / "prototypes" / "notes.dat").write_bytes(pickle.dumps({"a": 1}))
+    card = json.loads((folder / "card.json").read_text())
+    notes = (folder / "prototypes" / "notes.dat").read_bytes()
+    card["sha256"]["prototypes/notes.dat"] = hashlib.sha256(notes).hexdigest()
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="notes.dat.*pickle"):
+        load_checkpoint(folder)
+
+
+def test_unlisted_file_outside_prototypes_is_never_opened(tiny_model, tmp_path, monkeypatch):
+    """An evaluation report or a training log beside the model is not the loader's: it is not read at all."""
+    import builtins
+
+    folder = _save(tiny_model, tmp_path / "ck")
+    (folder / "train_log.jsonl").write_bytes(pickle.dumps({"a": 1}))
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
+    load_checkpoint(folder)
+    assert not [f for f in opened if f.endswith("train_log.jsonl")], opened
