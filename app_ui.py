@@ -96,13 +96,14 @@ def sidebar_checkpoint_picker() -> review.CheckpointEntry | None:
         st.session_state[CHECKPOINT_KEY] = picked
         chosen = valid[paths.index(picked)]
         summary = review.checkpoint_summary(chosen.card or {})
+        plain = review.plain  # card text is untrusted: shown as text, never rendered as markdown
         st.sidebar.markdown(
-            f"**Task:** {summary['task']}  \n"
-            f"**Classes:** {', '.join(summary['classes'])}  \n"
-            f"**Trained on:** {summary['trained_on']}"
+            f"**Task:** {plain(summary['task'])}  \n"
+            f"**Classes:** {', '.join(plain(c) for c in summary['classes'])}  \n"
+            f"**Trained on:** {plain(summary['trained_on'])}"
         )
         if summary["credit"]:
-            st.sidebar.caption(f"Data: {summary['credit']}")
+            st.sidebar.caption(f"Data: {plain(summary['credit'])}")
     else:
         st.session_state.pop(CHECKPOINT_KEY, None)
         st.sidebar.warning(
@@ -112,7 +113,7 @@ def sidebar_checkpoint_picker() -> review.CheckpointEntry | None:
     if invalid:
         with st.sidebar.expander(f"Invalid checkpoints ({len(invalid)})"):
             for entry in invalid:
-                st.markdown(f"**{entry.path.name}**: {entry.problem}")
+                st.markdown(f"**{review.plain(entry.path.name)}**: {review.plain(entry.problem)}")
     return chosen
 
 

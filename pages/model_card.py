@@ -13,11 +13,12 @@ if entry is None or entry.card is None:
 
 card = entry.card
 summary = review.checkpoint_summary(card)
-st.subheader(summary["title"])
+plain = review.plain  # the card is untrusted: its text is shown as written, never rendered as markdown
+st.subheader(plain(summary["title"]))
 st.markdown(
-    f"**Task:** {summary['task']}  \n**Classes:** {', '.join(summary['classes'])}  \n"
-    f"**Trained on:** {summary['trained_on']}  \n**Backbone:** {summary['backbone']}, "
-    f"input {summary['input_size']} x {summary['input_size']} pixels"
+    f"**Task:** {plain(summary['task'])}  \n**Classes:** {', '.join(plain(c) for c in summary['classes'])}  \n"
+    f"**Trained on:** {plain(summary['trained_on'])}  \n**Backbone:** {plain(summary['backbone'])}, "
+    f"input {plain(summary['input_size'])} x {plain(summary['input_size'])} pixels"
 )
 performance = review.performance_rows(card)
 if performance:
@@ -41,7 +42,7 @@ for title, fields in review.card_sections(card):
             if review_text is not None:
                 st.markdown(review_text)
             else:
-                st.markdown(f"**{review.card_label(key)}**")
+                st.markdown(f"**{plain(review.card_label(key))}**")
                 st.json(value, expanded=1)
 with st.expander("Integrity: sha256 of every file (verified when the model is loaded)"):
     st.dataframe(review.card_integrity(card), hide_index=True, width="stretch")

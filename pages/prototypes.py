@@ -27,11 +27,11 @@ st.plotly_chart(review.weights_figure(checkpoint, classes), width="stretch", key
 
 for class_name in classes:
     group = [c for c in cards if c.class_name == class_name]
-    st.subheader(f"Class {class_name}: {len(group)} prototypes")
+    st.subheader(f"Class {review.plain(class_name)}: {len(group)} prototypes")
     columns = st.columns(5)
     for i, card in enumerate(group):
         with columns[i % 5]:
-            st.image(card.image, caption=f"#{card.index} from {card.source_id}", width="stretch")
+            st.image(card.image, caption=f"#{card.index} from {review.plain(card.source_id)}", width="stretch")
 
 st.divider()
 st.subheader("Prototype detail")

@@ -108,9 +108,10 @@ case = review.cached_case(S, data_hash, window, checkpoint, shown)
 prediction = case.prediction
 probability = review.probability(prediction) if checkpoint.decision_threshold is None else prediction.probabilities[1]
 invalid = "" if case.fit.fits else "NOT VALID FOR THIS IMAGE: "
-st.subheader(invalid + review.prediction_headline(prediction, checkpoint))
-st.progress(probability, text=review.probability_text(prediction, checkpoint.classes))
-st.caption(review.decision_text(checkpoint))
+# class names and the threshold's record come from the card: shown as text, never rendered as markdown
+st.subheader(invalid + review.plain(review.prediction_headline(prediction, checkpoint)))
+st.progress(probability, text=review.plain(review.probability_text(prediction, checkpoint.classes)))
+st.caption(review.plain(review.decision_text(checkpoint)))
 if case.ood.flagged:
     st.warning(f"**{review.ood.WARNING}** Score {case.ood.score:.3g} against a threshold of "
                f"{case.ood.threshold:.3g}.", icon=":material/warning:")

@@ -6,6 +6,7 @@ from typing import Any
 
 from dprotonet_core.evaluate.metrics import auc_interval, wilson_interval
 from dprotonet_core.review.gallery import PrototypeCard
+from dprotonet_core.review.text import plain
 
 CARD_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Intended use and limits", ("intended_use", "limitations", "warnings", "out_of_scope")),
@@ -231,19 +232,21 @@ def _card_scalar(value: Any) -> str:
 
 
 def card_value_markdown(key: str, value: Any) -> str | None:
-    """Markdown for a scalar or a list of scalars; None for nested values (shown as JSON)."""
+    """Markdown for a scalar or a list of scalars; None for nested values (shown as JSON). The card's own text is
+    escaped (text.plain): shown as written, never rendered as markdown (no remote image, link or HTML)."""
+    label = plain(card_label(key))
     if isinstance(value, bool):
-        return f"**{card_label(key)}:** {'yes' if value else 'no'}"
+        return f"**{label}:** {'yes' if value else 'no'}"
     if isinstance(value, (str, int, float)) or value is None:
-        return f"**{card_label(key)}:** {value}"
+        return f"**{label}:** {plain(value)}"
     if isinstance(value, dict) and value and all(isinstance(v, (str, int, float, bool)) or v is None
                                                   for v in value.values()):
-        lines = "\n".join(f"- {card_label(str(k))}: {_card_scalar(v)}" for k, v in value.items())
-        return f"**{card_label(key)}**\n\n{lines}"
+        lines = "\n".join(f"- {plain(card_label(str(k)))}: {plain(_card_scalar(v))}" for k, v in value.items())
+        return f"**{label}**\n\n{lines}"
     if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
         if all(isinstance(v, str) and len(v) > 30 for v in value):
-            return f"**{card_label(key)}:**\n" + "\n".join(f"- {v}" for v in value)
-        return f"**{card_label(key)}:** {', '.join(map(str, value))}"
+            return f"**{label}:**\n" + "\n".join(f"- {plain(v)}" for v in value)
+        return f"**{label}:** {', '.join(plain(v) for v in value)}"
     return None
 
 

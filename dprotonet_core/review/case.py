@@ -34,6 +34,7 @@ from dprotonet_core.review.settings import (
     SAMPLES_DIR_ENV,
     ReviewError,
 )
+from dprotonet_core.review.text import plain
 from dprotonet_core.task_fit import TaskFit, first_fitting, task_fit
 
 
@@ -288,7 +289,7 @@ def prototype_label(checkpoint: Checkpoint, prediction: Prediction, prototype: i
     """'#3 finding' (+ ', closest match' for p_t): the radio option text."""
     row = next(r for r in prediction.reasoning if r.prototype == prototype)
     best = " (best match)" if prototype == default_prototype(prediction) else ""
-    return f"#{prototype} {row.class_name}{best}"
+    return f"#{prototype} {plain(row.class_name)}{best}"  # a radio label is markdown; the class name is the card's
 
 
 def summarise_rows(prediction: Prediction, checkpoint: Checkpoint, top_k: int = DEFAULT_TOP_K) -> list[dict]:
