@@ -282,7 +282,10 @@ def train(
         entry["val_accuracy"] = accuracy(model, run.val, cfg.batch_size, run.device)
         if cfg.select_on != "accuracy":
             entry.update(validation_figures(model, run.val, cfg.batch_size, run.val_views))
-        entry["projected"] = projection is not None and (step.kind == "push" or step.phase == "last_layer")
+        # candidates for selection: states whose prototypes are projected and whose last layer fits them (with
+        # last_layer_fit "converged", only after the fit: the push state still has the joint phase's last layer)
+        after_push = step.kind == "push" and cfg.last_layer_fit != "converged"
+        entry["projected"] = projection is not None and (after_push or step.phase == "last_layer")
         entry["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(entry)
         _log(out, entry)

@@ -77,3 +77,22 @@ def test_a_converged_fit_is_one_schedule_step_per_push():
     kinds = [(s.kind, s.phase) for s in schedule(cfg)]
     assert kinds.count(("epoch", "last_layer")) == 2 and kinds.count(("push", None)) == 2
     assert [(s.kind, s.phase) for s in schedule(TrainConfig(epochs=12))].count(("epoch", "last_layer")) == 10
+
+
+def test_only_states_after_the_fit_are_candidates_for_selection(tmp_path):
+    """With the converged fit, the push state (still the joint phase's last layer) is never the selected one."""
+    from dprotonet_core.config import ModelConfig
+    from dprotonet_core.train.data import TensorImages
+    from dprotonet_core.train.loop import TrainOptions, train
+
+    torch.manual_seed(0)
+    images, labels = torch.rand(16, 3, 32, 32), torch.tensor([0, 1] * 8)
+    cfg = TrainConfig(epochs=2, warm_epochs=1, push_every=1, batch_size=8, projection_views=1,
+                      last_layer_fit="converged", last_layer_max_steps=50, val_fraction=0.25)
+    result = train(TensorImages(images, labels), tmp_path / "run",
+                   ModelConfig(backbone="tiny_cnn", input_size=32, prototypes_per_class=2, prototype_channels=8,
+                               shaping_hidden_channels=8, num_feature_masks=4),
+                   cfg, options=TrainOptions(progress=False))
+    candidates = [h for h in result.history if h["projected"]]
+    assert candidates and all(h["phase"] == "last_layer" for h in candidates)
+    assert result.selected["phase"] == "last_layer"
