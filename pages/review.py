@@ -104,7 +104,11 @@ shown = review.apply_window(loaded, window)
 key = review.image_key(data_hash, window)
 
 # ------------------------------------------------------------------------------------- prediction
-case = review.cached_case(S, data_hash, window, checkpoint, shown)
+try:
+    case = review.cached_case(S, data_hash, window, checkpoint, shown)
+except review.ReviewError as exc:  # e.g. a model whose scores are not finite: one clear line, no answer shown
+    st.error(str(exc), icon=":material/block:")
+    st.stop()
 prediction = case.prediction
 probability = review.probability(prediction) if checkpoint.decision_threshold is None else prediction.probabilities[1]
 invalid = "" if case.fit.fits else "NOT VALID FOR THIS IMAGE: "

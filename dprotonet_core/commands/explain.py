@@ -39,15 +39,12 @@ def register(subparsers) -> None:
 
 
 def _read_input(path: Path, size: int) -> torch.Tensor:
-    """(3, size, size) in [0, 1], through data.io when present (PIL otherwise)."""
-    data = path.read_bytes()
-    try:
-        from dprotonet_core.data.io import read_image, to_model_input
-    except ImportError:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), np.float32) / 255.0
-        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-    return to_model_input(read_image(data), size)[0]
+    """(3, size, size) in [0, 1]. Raises FileRefused or ImageReadError with a one-line message (a regular file up
+    to the upload limit only, checked before it is read)."""
+    from dprotonet_core.commands._files import read_image_file
+    from dprotonet_core.data.io import read_image, to_model_input
+
+    return to_model_input(read_image(read_image_file(path)), size)[0]
 
 
 def _prediction(ck, x: torch.Tensor):
@@ -84,7 +81,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     model = ck.model
     size = model.config.input_size
-    x = _read_input(args.file, size)
+    from dprotonet_core.commands._files import FileRefused
+    from dprotonet_core.data.io import ImageReadError
+
+    try:
+        x = _read_input(args.file, size)
+    except (FileRefused, ImageReadError) as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return 2
     if args.profile is None:
         from dprotonet_core.explain.mdm import card_default_profile
 
@@ -95,7 +99,11 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.gamma <= cfg.num_vectors:
         print(f"error: --gamma must lie in [0, {cfg.num_vectors}]", file=sys.stderr)
         return 2
-    decided = _prediction(ck, x)
+    try:
+        decided = _prediction(ck, x)
+    except ValueError as exc:  # the model's scores are not finite
+        print(f"error: {args.file}: no prediction: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     prediction = _prediction_record(decided)
     if args.prototype is None:  # p_t of the class the card's rule decided (the app's default), not eq. 3's argmax
         from dprotonet_core.review.case import default_prototype

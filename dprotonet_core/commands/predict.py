@@ -1,11 +1,12 @@
 """`predict --checkpoint DIR|auto FILE...`: one JSON object per line and file.
 
 {"file", "checkpoint", "prediction", "class_index", "probabilities", "decision", "task_fit", "ood",
-"top_prototypes"} for a readable image; {"file", "error"} with a one-line message otherwise (the other files
-still run). `task_fit` says whether the file is what the checkpoint's card accepts (DICOM modality / body part,
-colour); `ood` whether the model finds the image unlike its own validation images. With `--checkpoint auto`
-each file goes to the first bundled checkpoint it fits ({"file", "error"} when none does). Exit code 2 when any
-file failed, 1 when a checkpoint cannot be loaded, else 0.
+"top_prototypes"} for a readable image; {"file", "error"} with a one-line message otherwise, and the other files
+still run: a FIFO, a device, a folder or a file larger than the upload limit is refused before it is read, and a
+model whose scores are not finite gives no answer. `task_fit` says whether the file is what the checkpoint's card
+accepts (DICOM modality / body part, colour); `ood` whether the model finds the image unlike its own validation
+images. With `--checkpoint auto` each file goes to the first bundled checkpoint it fits ({"file", "error"} when
+none does). Exit code 2 when any file failed, 1 when a checkpoint cannot be loaded, else 0.
 """
 
 from __future__ import annotations
@@ -31,17 +32,14 @@ def register(subparsers) -> None:
 
 
 def _read(path: str):
-    """(LoadedImage, None) or (None, one-line error)."""
+    """(LoadedImage, None) or (None, one-line error). Only a regular file up to the upload limit is read
+    (`_files.read_image_file`: checked before a byte is read)."""
+    from dprotonet_core.commands._files import FileRefused, read_image_file
     from dprotonet_core.data.io import ImageReadError, read_image
 
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        return None, f"cannot open the file ({exc.strerror or exc})."
-    try:
-        return read_image(data), None
-    except ImageReadError as exc:
+        return read_image(read_image_file(path)), None
+    except (FileRefused, ImageReadError) as exc:
         return None, str(exc)
 
 
@@ -85,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
     failed = False
     for path in args.files:
-        image, error = _read(path)
+        image, error = _read(path)  # one file at a time: a bad one is one JSON error line and the batch goes on
         folder = args.checkpoint
         if error is None and args.checkpoint == AUTO:
             folder = first_fitting(image, candidates)
@@ -101,13 +99,24 @@ def run(args: argparse.Namespace) -> int:
         except CheckpointError as exc:
             print(f"error: checkpoint {folder}: {exc}", file=sys.stderr)
             return 1
-        result = predict(ckpt.model, to_model_input(image, ckpt.model.config.input_size), ckpt.classes,
-                         ckpt.decision_threshold, ckpt.card.get("ood"), ckpt.calibration)
+        try:
+            result = predict(ckpt.model, to_model_input(image, ckpt.model.config.input_size), ckpt.classes,
+                             ckpt.decision_threshold, ckpt.card.get("ood"), ckpt.calibration)
+        except ValueError as exc:  # the model's scores are not finite: no answer, not "normal, nan%"
+            failed = True
+            print(json.dumps({"file": path, "error": f"no prediction: {' '.join(str(exc).split())}"}), flush=True)
+            continue
         fit = task_fit(image, ckpt.card.get("accepts"))
         check = ood.check(result.ood_score, ckpt.card.get("ood"))
         fields = result.to_json(args.top_k)
         top = fields.pop("top_prototypes")
         decision = decision_rule(ckpt.classes, ckpt.decision_threshold, calibrated=ckpt.calibration is not None)
-        print(json.dumps({"file": path, "checkpoint": str(folder), **fields, "decision": decision,
-                          "task_fit": fit.to_json(), "ood": check.to_json(), "top_prototypes": top}), flush=True)
+        try:  # valid JSON or an error line: never NaN or Infinity in the output
+            line = json.dumps({"file": path, "checkpoint": str(folder), **fields, "decision": decision,
+                               "task_fit": fit.to_json(), "ood": check.to_json(), "top_prototypes": top},
+                              allow_nan=False)
+        except ValueError:
+            failed = True
+            line = json.dumps({"file": path, "error": "no prediction: the model gave a value that is not finite"})
+        print(line, flush=True)
     return 2 if failed else 0

@@ -208,9 +208,13 @@ def display_boxes(boxes, image_size: tuple[int, int], size: int = DISPLAY_SIZE) 
 
 
 def predict(checkpoint: Checkpoint, x: torch.Tensor) -> Prediction:
-    """Classify x (1, 3, S, S) in [0, 1]; the reasoning rows explain the logit as a sum of w * g (eq. 3)."""
-    return inference.predict(checkpoint.model, x, checkpoint.classes, checkpoint.decision_threshold,
-                             checkpoint.card.get("ood"), checkpoint.calibration)
+    """Classify x (1, 3, S, S) in [0, 1]; the reasoning rows explain the logit as a sum of w * g (eq. 3).
+    A model whose scores are not finite gives no answer: ReviewError (never "normal, nan%")."""
+    try:
+        return inference.predict(checkpoint.model, x, checkpoint.classes, checkpoint.decision_threshold,
+                                 checkpoint.card.get("ood"), checkpoint.calibration)
+    except ValueError as exc:
+        raise ReviewError(f"This model gives no answer for this image: {' '.join(str(exc).split())}.") from None
 
 
 def decision_text(checkpoint: Checkpoint) -> str:
