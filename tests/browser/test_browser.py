@@ -119,6 +119,29 @@ def test_dicom_prediction_heatmaps_gamma_and_report(page, tmp_path):
     text = Path(info.value.path()).read_text()
     assert '"prediction"' in text and "chest" not in text.lower()  # no file name, no header field
 
+    # the DICOM objects for a PACS: SEG + SR + SC of this upload, accepted by dciodvfy, in the source's study
+    import shutil
+    import subprocess
+    import zipfile
+
+    import pydicom
+
+    assert page.get_by_text("contain the patient's identifiers").count() >= 1
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download DICOM objects for a PACS (ZIP)").click()
+    with zipfile.ZipFile(info.value.path()) as archive:
+        names = sorted(archive.namelist())
+        assert names == ["SC.dcm", "SEG.dcm", "SR.dcm"]
+        archive.extractall(tmp_path / "dicom")
+    source = pydicom.dcmread(REAL_DICOM)
+    for name in names:
+        ds = pydicom.dcmread(tmp_path / "dicom" / name)
+        assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.PatientID == source.PatientID
+        if shutil.which("dciodvfy"):
+            run = subprocess.run(["dciodvfy", str(tmp_path / "dicom" / name)], capture_output=True, text=True,
+                                 timeout=60)
+            assert not [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")], name
+
 
 @pytest.mark.skipif(not PALM_DIR.is_dir(), reason="../shared/data PALM images absent")
 def test_palm_image_and_every_page(page):
