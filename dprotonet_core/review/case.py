@@ -249,7 +249,7 @@ def prediction_headline(prediction: Prediction, checkpoint: Checkpoint) -> str:
     a threshold, the positive class's probability beside the threshold it was compared with, so that a
     "pneumonia" answer at p = 0.04 is not shown as "pneumonia, 4%" without its reason. A calibrated probability
     says so; an uncalibrated one is called a score."""
-    kind = "calibrated probability" if prediction.calibrated else "model score, not calibrated"
+    kind = "calibrated probability" if prediction.calibrated else "uncalibrated model score"
     threshold = checkpoint.decision_threshold
     if threshold is None:
         return f"Prediction: {prediction.class_name} ({kind} {probability(prediction) * 100:.1f}%)"

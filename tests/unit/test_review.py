@@ -374,7 +374,7 @@ def test_prediction_headline_names_the_threshold_it_was_compared_with(checkpoint
     x = torch.rand(1, 3, checkpoint.model.config.input_size, checkpoint.model.config.input_size)
     argmax = review.predict(checkpoint, x)
     assert review.prediction_headline(argmax, checkpoint) == (
-        f"Prediction: {argmax.class_name} (model score, not calibrated {100 * review.probability(argmax):.1f}%)")
+        f"Prediction: {argmax.class_name} (uncalibrated model score {100 * review.probability(argmax):.1f}%)")
     assert "argmax" in review.decision_text(checkpoint) and "not calibrated" in review.decision_text(checkpoint)
     # a calibrator of slope 0 gives every image p = 0.30; the threshold 0.25 then answers the positive class
     card = {**checkpoint.card, "calibration": {"slope": 0.0, "intercept": math.log(0.3 / 0.7),
