@@ -83,12 +83,20 @@ def run(args: argparse.Namespace) -> int:
     keys = [f"{item.label}|{palm_stratum(item.id)}" for item in data.items]
 
     def last_state(folder: Path, val_idx: list[int]) -> dict | None:
-        """The fold's figures of DProtoNet after its run's last step (resume/last), None when not on disk."""
+        """The fold's figures of DProtoNet after its run's last step (resume/last), None when not on disk; with the
+        out-of-fold logit differences of eq. 3 per image (what a calibrator of the recipe is fitted on)."""
+        from dprotonet_core.calibration import dataset_margins
+
         last = folder / "resume" / "last"
         if not (last / "card.json").is_file():
             return None
-        return held_out_metrics(load_checkpoint(last).model, SubsetView(data, val_idx, labels=data.labels,
-                                                                          ids=data.ids))
+        model = load_checkpoint(last).model
+        view = SubsetView(data, val_idx, labels=data.labels, ids=data.ids)
+        figures = held_out_metrics(model, view)
+        margins, labels = dataset_margins(model, view)
+        figures["out_of_fold"] = {"ids": list(view.ids), "labels": labels.tolist(),
+                                  "margins": [round(float(m), 6) for m in margins]}
+        return figures
 
     def train_fold(fold: int, train_idx: list[int], val_idx: list[int], folder: Path) -> FoldFigures:
         t0 = time.perf_counter()

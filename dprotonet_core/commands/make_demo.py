@@ -120,7 +120,8 @@ def palm_plan() -> DemoPlan:
     weights, and its own first-stage classifier 0.970 (bench/results/cv-palm-small_resnet-stacked-20ep)."""
     return DemoPlan("ichallenge-pm", "ichallenge-pm", epochs=20, val_fraction=0.0, test_fraction=0.0,
                     baseline=False, backbone_pretraining="same-images", pretrain_epochs=40,
-                    mdm_profile="thorough")  # the standard profile missed the quality bar on it (config.py)
+                    mdm_profile="thorough",  # the standard profile missed the quality bar on it (config.py)
+                    calibrate=True)  # Platt, from the cross-validation's out-of-fold predictions when it has them
 
 
 def register(subparsers) -> None:
@@ -128,7 +129,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="assets/checkpoints", type=Path, help="folder of the checkpoint folders")
     p.add_argument("--samples", default="assets/samples", type=Path, help="folder of the app's sample inputs")
     p.add_argument("--only", choices=("ichallenge-pm", "rsna-pneumonia", "samples", "prototype-mdm",
-                                      "sample-explanations", "checks"),
+                                      "sample-explanations", "checks", "calibration"),
                    help="build just one part; prototype-mdm and sample-explanations redo only the MDM results of "
                    "the existing checkpoints and samples; checks rewrites the cards' accepts and OOD quantiles")
     p.add_argument("--palm", default=SHARED / "palm-training400-224", type=Path, help="PALM training images")
@@ -225,7 +226,8 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
 
     ckpt = load_checkpoint(out)
     card = dict(ckpt.card)
-    calibration, threshold, decision = decision_records(plan, ckpt.model, val_ds, train_ds.classes)
+    calibration, threshold, decision = decision_records(plan, ckpt.model, val_ds, train_ds.classes,
+                                                        card.get("cross_validation"))
     if calibration is not None:
         card["calibration"] = calibration
     if decision is not None:
@@ -279,7 +281,17 @@ def calibration_subset(plan: DemoPlan, val_ds):
     return ImageDataset(items, val_ds.classes, val_ds.size, None, name=val_ds.name)
 
 
-def decision_records(plan: DemoPlan, model, val_ds, classes) -> tuple[dict | None, float | None, dict | None]:
+def cv_calibration(cv_record: dict | None) -> dict | None:
+    """The Platt calibrator a cross-validation record carries (fitted on its out-of-fold predictions), None when the
+    run stored none."""
+    record = (cv_record or {}).get("out_of_fold_calibration") or {}
+    if "slope" not in record:
+        return None
+    return {k: v for k, v in record.items() if k not in ("softmax_as_is", "platt_cross_fitted")}
+
+
+def decision_records(plan: DemoPlan, model, val_ds, classes,
+                     cv_record: dict | None = None) -> tuple[dict | None, float | None, dict | None]:
     """(calibration record, threshold, the card's decision_threshold record) of a trained model, both fitted on
     validation images after model selection (calibration_subset), never on the test split. No calibration and no
     threshold for a plan that asks for neither."""
@@ -288,6 +300,8 @@ def decision_records(plan: DemoPlan, model, val_ds, classes) -> tuple[dict | Non
 
     if not plan.calibrate and plan.threshold_rule is None:
         return None, None, None
+    if val_ds is None or len(val_ds) == 0:  # trained on every image: the cross-validation's out-of-fold calibrator
+        return cv_calibration(cv_record), None, None
     subset = calibration_subset(plan, val_ds)
     where = (f"{len(subset)} validation images" + (f" of {plan.calibration_folder}" if plan.calibration_folder
                                                     else "") + ", after model selection")
@@ -415,6 +429,26 @@ def refresh_card_checks(folder: Path, plan: DemoPlan, data_root: Path, accepts: 
     load_checkpoint(folder)  # still verifies
     print(json.dumps({"checkpoint": str(folder), "ood": full["ood"]["threshold"]}), flush=True)
     return full
+
+
+def refresh_calibration(folder: Path, cv_folder: Path, plan: DemoPlan) -> dict | None:
+    """Write the cross-validation record (with its out-of-fold calibration) and the calibrator it gives into an
+    existing checkpoint's card trained on every image; weights and everything else stay. Returns the calibrator
+    (None, and the card says why, when the run stored no out-of-fold predictions)."""
+    from dprotonet_core.checkpoint import CARD_FILE, load_checkpoint
+    from dprotonet_core.train.cross_validation import card_record
+
+    full = json.loads((folder / CARD_FILE).read_text())
+    full["cross_validation"] = card_record(cv_folder, dataclasses.asdict(plan))
+    calibration = cv_calibration(full["cross_validation"])
+    if calibration is None:
+        full.pop("calibration", None)
+    else:
+        full["calibration"] = calibration
+    (folder / CARD_FILE).write_text(json.dumps(full, indent=2))
+    load_checkpoint(folder)  # still verifies
+    print(json.dumps({"checkpoint": str(folder), "calibration": calibration}), flush=True)
+    return calibration
 
 
 def distinct_source_counts(ckpt) -> dict:
@@ -640,6 +674,10 @@ def run(args: argparse.Namespace) -> int:
                                     ("rsna-pneumonia", rsna_root, RSNA_ACCEPTS)):
             if (args.out / name / "card.json").is_file():
                 refresh_card_checks(args.out / name, plans[name], root, accepts)
+    if args.only == "calibration":  # the iChallenge-PM card's calibrator from a cross-validation's predictions
+        if args.palm_cross_validation is None:
+            raise SystemExit("make-demo --only calibration needs --palm-cross-validation DIR")
+        refresh_calibration(args.out / "ichallenge-pm", args.palm_cross_validation, plans["ichallenge-pm"])
     if args.only == "prototype-mdm":
         for name in SAMPLE_CHECKPOINTS.values():
             if (args.out / name / "card.json").is_file():

@@ -291,4 +291,37 @@ def card_record(folder: Path, plan: dict) -> dict:
                  "dprotonet_last_minus_baseline", "push_effects"):
         if name in summary:
             record[name] = summary[name]
+    calibration = out_of_fold_calibration(folder, summary["k"])
+    record["out_of_fold_calibration"] = calibration or {
+        "status": "not measured: this run stored no out-of-fold predictions (cross-validate records them since "
+                  "issue 27; rerun it)"}
+    return record
+
+
+def out_of_fold_calibration(folder: Path, k: int) -> dict | None:
+    """Calibration of the recipe from its out-of-fold predictions (each fold's last-epoch model on the fold it did
+    not train on; fold-*/figures.json dprotonet_last.out_of_fold): the ECE of the softmax of eq. 3 as it is, the ECE
+    after Platt scaling measured by cross-fitting (for each fold, a calibrator fitted on the other folds' images,
+    applied to this fold's), and the calibrator fitted on all of them (what a model trained on every image gets).
+    None when a fold lacks the predictions."""
+    from dprotonet_core.calibration import calibrated_probability, calibration_figures, fit_platt
+
+    per_fold = []
+    for fold in range(k):
+        path = Path(folder) / f"fold-{fold}" / "figures.json"
+        oof = (json.loads(path.read_text()).get("dprotonet_last") or {}).get("out_of_fold") if path.is_file() else None
+        if not oof:
+            return None
+        per_fold.append((np.asarray(oof["margins"], float), np.asarray(oof["labels"], int)))
+    margins = np.concatenate([m for m, _ in per_fold])
+    labels = np.concatenate([y for _, y in per_fold])
+    crossed = []
+    for held in range(k):
+        rest_m = np.concatenate([m for i, (m, _) in enumerate(per_fold) if i != held])
+        rest_y = np.concatenate([y for i, (_, y) in enumerate(per_fold) if i != held])
+        crossed.append(calibrated_probability(per_fold[held][0], fit_platt(rest_m, rest_y)))
+    where = f"{labels.size} out-of-fold predictions of the {k}-fold cross-validation of the same recipe"
+    record = fit_platt(margins, labels, where)
+    record["softmax_as_is"] = calibration_figures(calibrated_probability(margins, None), labels)
+    record["platt_cross_fitted"] = calibration_figures(np.concatenate(crossed), labels)
     return record

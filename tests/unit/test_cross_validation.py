@@ -7,6 +7,7 @@ import json
 import statistics
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from dprotonet_core.train.cross_validation import (
@@ -181,3 +182,29 @@ def test_push_effects_read_before_projected_and_after_the_last_layer_epochs():
     assert summary[2]["unprojected_minus_baseline"]["mean"] == pytest.approx(((0.9 - 1.0) + 0.0) / 2)
     assert push_effect_summary([f0, _fold(1, 0.9, 1.0, {2: 0.9}, {2: 0.9})]) == {}  # a fold without them
     assert "push_effects" in summarise([f0, f1])
+
+
+def test_out_of_fold_predictions_give_the_recipes_calibration(tmp_path):
+    from dprotonet_core.commands.make_demo import cv_calibration
+    from dprotonet_core.train.cross_validation import out_of_fold_calibration
+
+    rng = np.random.default_rng(0)
+    k = 4
+    for fold in range(k):  # an over-confident model: the truth follows sigmoid(0.3 m + 0.5)
+        m = rng.normal(0, 6, 500)
+        y = (rng.random(500) < 1 / (1 + np.exp(-(0.3 * m + 0.5)))).astype(int)
+        folder = tmp_path / f"fold-{fold}"
+        folder.mkdir()
+        (folder / "figures.json").write_text(json.dumps({"dprotonet_last": {"out_of_fold": {
+            "ids": [f"i{fold}-{i}" for i in range(500)], "labels": y.tolist(), "margins": m.tolist()}}}))
+    record = out_of_fold_calibration(tmp_path, k)
+    assert record["images"] == 2000 and record["slope"] == pytest.approx(0.3, abs=0.05)
+    assert record["intercept"] == pytest.approx(0.5, abs=0.15)
+    assert record["softmax_as_is"]["ece"] > 0.1 > 0.04 > record["platt_cross_fitted"]["ece"]
+    assert "out-of-fold" in record["fitted_on"]
+    calibrator = cv_calibration({"out_of_fold_calibration": record})
+    assert calibrator["slope"] == record["slope"] and "platt_cross_fitted" not in calibrator
+    # a fold without its predictions: no calibration, said so
+    (tmp_path / "fold-2" / "figures.json").write_text(json.dumps({"dprotonet_last": {}}))
+    assert out_of_fold_calibration(tmp_path, k) is None
+    assert cv_calibration({"out_of_fold_calibration": {"status": "not measured"}}) is None
