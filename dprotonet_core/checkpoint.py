@@ -376,10 +376,12 @@ def _verify_folder(folder: Path) -> tuple[dict, ModelConfig, list[PrototypeRecor
         raise CheckpointError("not a checkpoint folder (no such directory)")
     names = folder_checks.scan_folder(folder)
     card = read_card(folder)
-    config = _check_config(card)
+    if MODEL_FILE not in card["sha256"]:
+        raise CheckpointError(f"{CARD_FILE}: no sha256 for {MODEL_FILE}")
     for rel in card["sha256"]:
         folder_checks.listed_parts(rel)
     folder_checks.refuse_unlisted(names, card["sha256"])
+    config = _check_config(card)
     _verify_hashes(folder, card)
     _check_declared_shapes(folder, card, config)
     records = _read_records(folder, card, config)
