@@ -39,12 +39,15 @@ class TaskFit:
 
 
 def chroma(pixels: np.ndarray) -> float:
-    """Mean per-pixel colourfulness max(R, G, B) - min(R, G, B) of [0, 1] pixels; 0 for a grey (H, W) image."""
-    pixels = np.asarray(pixels, dtype=np.float32)
+    """Mean per-pixel colourfulness max(R, G, B) - min(R, G, B) of [0, 1] pixels (uint8 pixels count as / 255);
+    0 for a grey (H, W) image."""
+    pixels = np.asarray(pixels)
     if pixels.ndim == 2 or pixels.shape[-1] == 1:
         return 0.0
     step = max(1, int(np.sqrt(pixels.shape[0] * pixels.shape[1] / 65536)))  # ~256 x 256 samples suffice
-    sample = pixels[::step, ::step, :3]
+    sample = pixels[::step, ::step, :3].astype(np.float32)
+    if pixels.dtype == np.uint8:
+        sample /= 255.0
     return float((sample.max(axis=-1) - sample.min(axis=-1)).mean())
 
 

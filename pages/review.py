@@ -4,6 +4,8 @@ Layout only; computation is in dprotonet_core.review. The display controls and t
 st.fragment that re-renders from the cached mask stacks without any model call.
 """
 
+import uuid
+
 import streamlit as st
 
 import app_ui as ui
@@ -93,10 +95,12 @@ with st.sidebar:
     for notice in loaded.notices:
         st.warning(notice)
     st.header("Explanation")
+    offered = review.offered_profiles()  # a demo server does not run the 800-step profiles
     model_default = review.card_default_profile(checkpoint.card)
-    if S.get("mdm_profile_of") != str(checkpoint.path):  # each model starts at its own default profile
-        S["mdm_profile"], S["mdm_profile_of"] = model_default, str(checkpoint.path)
-    profile = st.selectbox("MDM detail", list(review.MDM_PROFILES),
+    model_default = model_default if model_default in offered else offered[0]
+    if S.get("mdm_profile_of") != str(checkpoint.path) or S.get("mdm_profile") not in offered:
+        S["mdm_profile"], S["mdm_profile_of"] = model_default, str(checkpoint.path)  # each model's own default
+    profile = st.selectbox("MDM detail", offered,
                            format_func=lambda name: review.profile_choice_label(name, model_default),
                            key="mdm_profile", help=review.MDM_PROFILE_HELP)
 
@@ -161,6 +165,7 @@ if explanation is None:
         explanation = review.explain_cached(
             S["explanations"], key, checkpoint, case.x, prototype, profile,
             progress=lambda fraction, text: bar.progress(fraction, text=text), preview=show_refining,
+            owner=S.setdefault("explainer_owner", uuid.uuid4().hex),  # one waiting explanation per session
         )
     except review.ReviewError as exc:
         st.error(str(exc))

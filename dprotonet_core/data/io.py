@@ -169,8 +169,12 @@ def resize_square(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def pixels_to_tensor(pixels: np.ndarray, channels: int = 3) -> torch.Tensor:
-    """(H, W) or (H, W, 3) float [0, 1] -> (channels, H, W) float32; grey replicated, RGB -> luma for 1."""
-    tensor = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+    """(H, W) or (H, W, 3) float [0, 1] (or uint8, read as / 255) -> (channels, H, W) float32; grey replicated,
+    RGB -> luma for 1."""
+    if pixels.dtype == np.uint8:  # a session's compact copy (review.case.compact): the same values k / 255
+        tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(torch.float32).div_(255.0)
+    else:
+        tensor = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
     tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
     if channels == 1 and tensor.shape[0] == 3:
         weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)

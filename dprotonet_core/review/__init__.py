@@ -145,6 +145,7 @@ from dprotonet_core.review.settings import (  # noqa: F401
     DEFAULT_MODELS_DIR,
     DEFAULT_SAMPLES_DIR,
     DEFAULT_TOP_K,
+    DEMO_ENV,
     DISCLAIMER,
     DISPLAY_SIZE,
     EMPTY_STACK,
@@ -153,6 +154,7 @@ from dprotonet_core.review.settings import (  # noqa: F401
     MAX_CACHED_EXPLANATIONS,
     MAX_PIXELS,
     MAX_UPLOAD_MB,
+    MAX_WAITING_EXPLANATIONS,
     MDM_PROFILE_HELP,
     MDM_PROFILES,
     MDM_TIME_LIMIT_S,
@@ -165,6 +167,9 @@ from dprotonet_core.review.settings import (  # noqa: F401
     ReviewError,
     configure_logging,
     configure_torch,
+    demo_mode,
+    mdm_time_limit_s,
+    offered_profiles,
 )
 from dprotonet_core.review.text import plain, unescaped  # noqa: F401
 from dprotonet_core.task_fit import task_fit  # noqa: F401

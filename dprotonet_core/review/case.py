@@ -4,6 +4,7 @@ and the prediction with its rows (cached per image, window and checkpoint)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ from dprotonet_core.inference import Prediction
 from dprotonet_core.ood import OODCheck
 from dprotonet_core.review.catalogue import CheckpointEntry, checkpoint_id
 from dprotonet_core.review.settings import (
+    COMPACT_ABOVE_PIXELS,
     DEFAULT_SAMPLES_DIR,
     DEFAULT_TOP_K,
     DISPLAY_SIZE,
@@ -43,8 +45,21 @@ def file_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def compact(loaded: LoadedImage) -> LoadedImage:
+    """What a session keeps of a decoded image: above COMPACT_ABOVE_PIXELS its working-size pixels as uint8 (a
+    quarter of float32; the model sees 224 px and the panes 448 either way), smaller images as read. A grey
+    DICOM keeps its modality values for re-windowing."""
+    pixels = loaded.pixels
+    if pixels.dtype == np.uint8 or loaded.height * loaded.width <= COMPACT_ABOVE_PIXELS:
+        return loaded
+    scaled = np.multiply(pixels, 255.0, dtype=np.float32)
+    np.rint(scaled, out=scaled)
+    return dataclasses.replace(loaded, pixels=scaled.astype(np.uint8))
+
+
 def read_upload(data: bytes, window: Window | None = None) -> LoadedImage:
-    """Decode uploaded bytes (DICOM, PNG, JPEG, TIFF); any problem is one ReviewError line."""
+    """Decode uploaded bytes (DICOM, PNG, JPEG, TIFF); any problem is one ReviewError line. A large image comes
+    back compact (uint8 pixels, `compact`): the session holds it until it ends."""
     digest, start = file_hash(data)[:12], time.perf_counter()
     if len(data) > MAX_UPLOAD_MB * 1024 * 1024:
         LOG.info("upload refused: image %s, %d bytes, over %d MB", digest, len(data), MAX_UPLOAD_MB)
@@ -57,7 +72,7 @@ def read_upload(data: bytes, window: Window | None = None) -> LoadedImage:
         raise ReviewError(str(exc)) from None
     LOG.info("upload read: image %s, %s, %d x %d px (%.3f s)", digest, loaded.kind, loaded.pixels.shape[1],
              loaded.pixels.shape[0], time.perf_counter() - start)
-    return loaded
+    return compact(loaded)
 
 
 def is_windowable(loaded: LoadedImage) -> bool:

@@ -18,8 +18,15 @@ from dprotonet_core.checkpoint import Checkpoint, model_digest
 from dprotonet_core.config import DEFAULT_MDM_PROFILE
 from dprotonet_core.review.case import samples_dir
 from dprotonet_core.review.catalogue import checkpoint_id
-from dprotonet_core.review.queue import EXPLAINER, Cancelled
-from dprotonet_core.review.settings import LOG, MAX_CACHED_EXPLANATIONS, MDM_PROFILES, MDM_TIME_LIMIT_S, ReviewError
+from dprotonet_core.review.queue import EXPLAINER, Cancelled, QueueFull
+from dprotonet_core.review.settings import (
+    LOG,
+    MAX_CACHED_EXPLANATIONS,
+    MDM_PROFILES,
+    ReviewError,
+    mdm_time_limit_s,
+    offered_profiles,
+)
 
 
 @dataclass(frozen=True)
@@ -128,8 +135,9 @@ def explain(
     profile: str = DEFAULT_MDM_PROFILE,
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
-    time_limit_s: float = MDM_TIME_LIMIT_S,
+    time_limit_s: float | None = None,
     preview: PreviewCallback | None = None,
+    owner: str | None = None,
 ) -> Explanation:
     """MDM on the query (eq. 12-13) for one prototype, plus the stored prototype side (eq. 14).
 
@@ -138,11 +146,17 @@ def explain(
     gets the explanation as it stands after the first step and then at most every PREVIEW_EVERY_S seconds
     (its query method says "refining: step k of n"), so a page can show the heatmap while it refines. Explanations
     of all sessions run one at a time, first come first served (review/queue.py); a waiting one reports its place
-    through `progress` and can be cancelled."""
+    through `progress` and can be cancelled. `owner` (the session): a newer request of the same owner replaces
+    its waiting one; when the queue is full the request is refused at once (ReviewError). `time_limit_s` defaults
+    to this server's cap (settings.mdm_time_limit_s); a demo server refuses the 800-step profiles."""
     from dprotonet_core.explain import mdm
 
     if profile not in MDM_PROFILES:
         raise ReviewError(f"Unknown explanation profile {profile!r}.")
+    if profile not in offered_profiles():
+        raise ReviewError(f"The {MDM_PROFILES[profile]} profile is turned off on this server (a demo deployment); "
+                          "choose a shorter one.")
+    time_limit_s = mdm_time_limit_s() if time_limit_s is None else time_limit_s
     cfg = dataclasses.replace(mdm.profile(profile), time_limit=time_limit_s)
 
     started = [None]  # when the first step ended: the time left is estimated from the steps since
@@ -170,11 +184,14 @@ def explain(
                           "one (they run one at a time, each on all cores)")
 
     try:
-        with EXPLAINER.turn(waiting, cancel):
+        with EXPLAINER.turn(waiting, cancel, owner):
             pair = explain_pair(checkpoint, x[0], prototype, cfg, profile, progress=report, cancel=cancel,
                                 compute_missing=False, on_step=on_step, side=side)
     except (mdm.MDMCancelled, Cancelled):
         raise ReviewError("The explanation was cancelled.") from None
+    except QueueFull:
+        raise ReviewError(f"The explainer is busy: {EXPLAINER.max_waiting} explanations are already waiting, the "
+                          "most this server queues. Please try again in a few minutes.") from None
     except ValueError as exc:
         raise ReviewError(f"This checkpoint cannot be explained: {exc}.") from None
     result = pair.query
@@ -228,8 +245,9 @@ def explain_cached(
     profile: str = DEFAULT_MDM_PROFILE,
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
-    time_limit_s: float = MDM_TIME_LIMIT_S,
+    time_limit_s: float | None = None,
     preview: PreviewCallback | None = None,
+    owner: str | None = None,
 ) -> Explanation:
     """`explain` through the session's cache, then the bundled samples' stored explanations: a hit
     costs no model call (and no preview)."""
@@ -241,7 +259,7 @@ def explain_cached(
     if value is not None:
         cache.put(key, value)
         return value
-    value = explain(checkpoint, x, prototype, profile, progress, cancel, time_limit_s, preview)
+    value = explain(checkpoint, x, prototype, profile, progress, cancel, time_limit_s, preview, owner)
     cache.put(key, value)
     LOG.info("explanation: image %s, checkpoint %s, prototype %d, %s profile, %d iterations%s (%.2f s)",
              key_image[:12], key[1], prototype, profile, value.iterations,

@@ -24,7 +24,7 @@ from dprotonet_core.explain.overlay import (  # noqa: F401 - the pages reach the
 )
 from dprotonet_core.review.case import Case
 from dprotonet_core.review.explanation import REFINING, Explanation
-from dprotonet_core.review.settings import EMPTY_STACK, MDM_TIME_LIMIT_S, PROFILE_SHORT_NAMES
+from dprotonet_core.review.settings import EMPTY_STACK, PROFILE_SHORT_NAMES, mdm_time_limit_s
 
 
 def colorscale(colormap: str) -> list[list[Any]]:
@@ -178,5 +178,6 @@ def render_case(
                 f"{pane.max_sum:.1f}). Lower gamma to see it."
             )
     if explanation.stopped_by_time:
-        notes.append(f"The explanation stopped at the {MDM_TIME_LIMIT_S:.0f} s time limit; it may be less precise.")
+        notes.append(f"The explanation stopped at the {mdm_time_limit_s():.0f} s time limit; it may be less "
+                     "precise.")
     return RenderedCase(query, proto, figure, caption, notes)

@@ -44,6 +44,12 @@ MAX_UPLOAD_MB = 128
 MAX_PIXELS = image_io.DEFAULT_MAX_PIXELS
 
 
+# A session keeps an image above this many pixels as uint8 (review.case.compact): a 39.5-megapixel PNG held 113 MB
+# of float32 working pixels for as long as its session lived, now 30 MB. Smaller images (the bundled 1024 x 1024
+# DICOMs among them) are kept as read, so their model input stays bit for bit what `predict` computes.
+COMPACT_ABOVE_PIXELS = 2_000_000
+
+
 MAX_CACHED_EXPLANATIONS = 8  # per session; one entry is 2 x (D, S, S) float32 (about 4 MB at S = 224)
 
 
@@ -51,6 +57,39 @@ MAX_CACHED_EXPLANATIONS = 8  # per session; one entry is 2 x (D, S, S) float32 (
 # The paper protocol took 155-165 s per 224 px PALM image at 2 threads on this 2-core CPU (make-demo --only
 # sample-explanations): 600 s lets it finish on a busy machine and still bounds a stuck request.
 MDM_TIME_LIMIT_S = 600.0
+
+
+# A public demo (DPROTONET_DEMO=1): the 800-step profiles are not offered, each explanation is capped at
+# DEMO_MDM_TIME_LIMIT_S, so one visitor cannot hold the explainer for ten minutes while the others wait.
+DEMO_ENV = "DPROTONET_DEMO"
+
+
+LONG_PROFILES = ("paper", "printed")  # 800 steps each: minutes per upload on a CPU
+
+
+DEMO_MDM_TIME_LIMIT_S = 180.0
+
+
+# Explanations waiting for their turn (review/queue.py), all sessions together; one more is refused with a message.
+# A session holds at most one waiting explanation (a newer one replaces it). 8: every session of the load test.
+MAX_WAITING_EXPLANATIONS = 8
+
+
+def demo_mode(environ: dict[str, str] | None = None) -> bool:
+    """True when $DPROTONET_DEMO is 1 / true / yes / on: a deployment open to visitors."""
+    value = (environ if environ is not None else os.environ).get(DEMO_ENV, "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def offered_profiles(environ: dict[str, str] | None = None) -> list[str]:
+    """The MDM profiles this server runs: all of them, or in demo mode all but the 800-step ones."""
+    demo = demo_mode(environ)
+    return [name for name in MDM_PROFILES if not (demo and name in LONG_PROFILES)]
+
+
+def mdm_time_limit_s(environ: dict[str, str] | None = None) -> float:
+    """The wall-clock cap of one explanation on this server: MDM_TIME_LIMIT_S, or DEMO_MDM_TIME_LIMIT_S."""
+    return DEMO_MDM_TIME_LIMIT_S if demo_mode(environ) else MDM_TIME_LIMIT_S
 
 
 DEFAULT_TOP_K = 5

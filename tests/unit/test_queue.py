@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from dprotonet_core.review.queue import Cancelled, ExplanationQueue
+from dprotonet_core.review.queue import Cancelled, ExplanationQueue, QueueFull
 from dprotonet_core.review.settings import configure_torch, usable_cores
 
 
@@ -138,3 +138,69 @@ def test_torch_threads_default_to_every_usable_core():
         assert configure_torch({"DPROTONET_TORCH_THREADS": "many"}) == usable_cores()
     finally:
         torch.set_num_threads(before)
+
+
+def _hold(queue: ExplanationQueue, **turn):
+    """A thread that takes a turn (or waits for one) and keeps it until the returned event is set."""
+    release, entered = threading.Event(), threading.Event()
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            with queue.turn(**turn):
+                entered.set()
+                outcome["ran"] = True
+                release.wait(10)
+        except Cancelled as exc:
+            outcome["cancelled"] = str(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, release, entered, outcome
+
+
+def test_a_full_queue_refuses_at_once_and_takes_requests_again_later():
+    queue = ExplanationQueue(poll_s=0.01, max_waiting=2)
+    running, release_a, entered, _ = _hold(queue)
+    entered.wait(10)
+    waiters = [_hold(queue) for _ in range(2)]
+    _wait_until(lambda: queue.waiting() == 2)
+    with pytest.raises(QueueFull, match="2 explanations are already waiting"), queue.turn():
+        pass
+    assert queue.waiting() == 2 and len(queue) == 3  # the refused request took no place
+    release_a.set()
+    for _, release, _, _ in waiters:
+        release.set()
+    for thread in [running, *(w[0] for w in waiters)]:
+        thread.join(10)
+    with queue.turn():  # empty again: taken at once
+        pass
+
+
+def test_a_session_holds_one_waiting_request_a_newer_one_replaces_it():
+    queue = ExplanationQueue(poll_s=0.01, max_waiting=1)
+    running, release_a, entered, _ = _hold(queue, owner="other")
+    entered.wait(10)
+    older, release_old, _, old_outcome = _hold(queue, owner="me")
+    _wait_until(lambda: queue.waiting() == 1)
+    newer, release_new, entered_new, new_outcome = _hold(queue, owner="me")  # the queue is full, but it is mine
+    older.join(10)
+    assert old_outcome == {"cancelled": "replaced by a newer request of the same session"}
+    assert queue.waiting() == 1
+    release_a.set()
+    entered_new.wait(10)
+    assert new_outcome == {"ran": True}
+    release_new.set()
+    for thread in (running, newer):
+        thread.join(10)
+    assert len(queue) == 0
+
+
+def test_demo_mode_drops_the_long_profiles_and_caps_the_time():
+    from dprotonet_core.review import settings
+
+    assert settings.offered_profiles({}) == list(settings.MDM_PROFILES)
+    demo = settings.offered_profiles({"DPROTONET_DEMO": "1"})
+    assert "paper" not in demo and "printed" not in demo and "standard" in demo and "thorough" in demo
+    assert settings.mdm_time_limit_s({"DPROTONET_DEMO": "1"}) < settings.mdm_time_limit_s({})
+    assert not settings.demo_mode({"DPROTONET_DEMO": "0"})
