@@ -36,6 +36,13 @@ def register(subparsers) -> None:
     p.add_argument("--push-every", type=int, default=defaults.push_every)
     p.add_argument("--last-layer-epochs", type=int, default=defaults.last_layer_epochs)
     p.add_argument("--prototypes-per-class", type=int, default=model_defaults.prototypes_per_class)
+    p.add_argument("--select-on", choices=("accuracy", "auc", "min_view_auc"), default=defaults.select_on,
+                   help="validation figure that selects the saved state (min_view_auc: the lower of the ROC AUCs "
+                   "within AP and within PA films, which recognising the view cannot win)")
+    p.add_argument("--balanced-sampling", choices=("view_label",), default=defaults.balanced_sampling,
+                   help="view_label: draw every (view, label) cell equally often (the view shortcut does not pay)")
+    p.add_argument("--last-layer-fit", choices=("epochs", "converged"), default=defaults.last_layer_fit,
+                   help="converged: fit the last layer after each prototype update until its loss settles")
     p.add_argument("--backbone-lr", type=float, help="override the backbone learning rate")
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
@@ -59,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, projection_views=args.projection_views,
         val_fraction=args.val_fraction, warm_epochs=args.warm_epochs, push_every=args.push_every,
-        last_layer_epochs=args.last_layer_epochs,
+        last_layer_epochs=args.last_layer_epochs, select_on=args.select_on, balanced_sampling=args.balanced_sampling,
+        last_layer_fit=args.last_layer_fit,
     )
     if args.backbone_lr is not None:
         cfg = dataclasses.replace(cfg, lr_backbone=args.backbone_lr, lr_backbone_scratch=args.backbone_lr)
