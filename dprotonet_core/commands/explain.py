@@ -35,16 +35,40 @@ def register(subparsers) -> None:
                    f"{DEFAULT_MDM_PROFILE})")
     p.add_argument("--iterations", type=int, default=None, help="override the profile's iterations")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--dicom-out", type=Path, default=None, metavar="DIR",
+                   help="also write the DICOM objects a PACS files: SEG + SR + SC in the source's study for a DICOM "
+                   "file (they carry its patient identifiers), SR + SC in a new study for a JPEG / PNG")
     p.set_defaults(func=run)
 
 
-def _read_input(path: Path, size: int) -> torch.Tensor:
-    """(3, size, size) in [0, 1]. Raises FileRefused or ImageReadError with a one-line message (a regular file up
-    to the upload limit only, checked before it is read)."""
+def _read_input(path: Path, size: int) -> tuple[torch.Tensor, bytes, str]:
+    """((3, size, size) in [0, 1], the file's bytes, its kind). Raises FileRefused or ImageReadError with a one-line
+    message (a regular file up to the upload limit only, checked before it is read)."""
     from dprotonet_core.commands._files import read_image_file
     from dprotonet_core.data.io import read_image, to_model_input
 
-    return to_model_input(read_image(read_image_file(path)), size)[0]
+    data = read_image_file(path)
+    loaded = read_image(data)
+    return to_model_input(loaded, size)[0], data, loaded.kind
+
+
+def _report_image(panes: list[np.ndarray], lines: list[str]) -> bytes:
+    """The two heatmap panes side by side under a few lines of text, as PNG bytes (the SC's picture)."""
+    import io
+
+    from PIL import ImageDraw
+
+    gap, band = 8, 16 * len(lines) + 12
+    h, w = panes[0].shape[:2]
+    canvas = Image.new("RGB", (2 * w + 3 * gap, h + band + gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(lines):
+        draw.text((gap, 6 + 16 * k), line[:180], fill="black")
+    for k, pane in enumerate(panes):
+        canvas.paste(Image.fromarray(pane), (gap + k * (w + gap), band))
+    out = io.BytesIO()
+    canvas.save(out, format="PNG")
+    return out.getvalue()
 
 
 def _prediction(ck, x: torch.Tensor):
@@ -58,6 +82,41 @@ def _prediction(ck, x: torch.Tensor):
 def _prediction_record(pred) -> dict:
     return {"class_index": pred.class_index, "class_name": pred.class_name, "probabilities": pred.probabilities,
             "probabilities_are": "calibrated" if pred.calibrated else "the model's softmax of eq. 3"}
+
+
+def _write_dicom(args, ck, decided, region: np.ndarray, method: str, panes: list[np.ndarray], data: bytes,
+                 kind: str) -> None:
+    """The DICOM objects of this explanation into args.dicom_out (export/dicom_objects.py): SEG + SR + SC in the
+    source's study for a DICOM file, SR + SC in a new study otherwise."""
+    from dprotonet_core import ood
+    from dprotonet_core.data.io import read_image
+    from dprotonet_core.export.dicom_objects import ExportRequest, export_objects
+    from dprotonet_core.review.case import decision_text
+    from dprotonet_core.task_fit import task_fit
+
+    positive = len(ck.classes) - 1
+    fit = task_fit(read_image(data), ck.card.get("accepts"))
+    lines = [f"DProtoNet Review ({ck.card.get('name', ck.path.name)}): {decided.class_name}, "
+             f"p({ck.classes[positive]}) = {decided.probabilities[positive]:.3f}"
+             f"{' (calibrated)' if decided.calibrated else ' (uncalibrated model score)'}",
+             f"Your image | prototype {args.prototype}. MDM: {method}; gamma {args.gamma:g}",
+             "Research software, not a medical device."]
+    rows = [{"prototype": r.prototype, "class": r.class_name, "similarity": r.similarity, "weight": r.weight,
+             "share": r.share} for r in decided.top_prototypes(5)]
+    request = ExportRequest(
+        checkpoint_name=str(ck.card.get("name", ck.path.name)),
+        model_sha256=str((ck.card.get("sha256") or {}).get("model.safetensors", "")), classes=list(ck.classes),
+        class_name=decided.class_name, probability=float(decided.probabilities[positive]),
+        probability_kind="calibrated (the card's calibrator)" if decided.calibrated
+        else "the model's softmax of eq. 3 (not calibrated)",
+        threshold=ck.decision_threshold, decision=decision_text(ck),
+        task_fit=("fits: " if fit.fits else "does NOT fit: ") + fit.reason,
+        ood=ood.check(decided.ood_score, ck.card.get("ood")).to_json(), prototypes=rows, mask=region,
+        gamma=float(args.gamma), method=method, report_png=_report_image(panes, lines))
+    args.dicom_out.mkdir(parents=True, exist_ok=True)
+    for name, ds in export_objects(request, data if kind == "dicom" else None).items():
+        ds.save_as(args.dicom_out / f"{name}.dcm", enforce_file_format=True)
+    print(f"wrote {args.dicom_out}/ ({', '.join(sorted(p.stem for p in args.dicom_out.glob('*.dcm')))})")
 
 
 def _to_hwc(x: torch.Tensor) -> np.ndarray:
@@ -85,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from dprotonet_core.data.io import ImageReadError
 
     try:
-        x = _read_input(args.file, size)
+        x, data, kind = _read_input(args.file, size)
     except (FileRefused, ImageReadError) as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
         return 2
@@ -122,9 +181,11 @@ def run(args: argparse.Namespace) -> int:
     settings = overlay.DisplaySettings(gamma=args.gamma)  # the paper's alpha, beta and colormap otherwise
     q_cam = overlay.cam(query_stack, args.gamma)
     args.out.mkdir(parents=True, exist_ok=True)
+    panes = []
     for name, image, stack in (("query", x, query_stack), ("prototype", proto_img, proto_stack)):
         pane = overlay.render_pane(_to_hwc(image), stack, settings, size)  # the app's pane, at the model's size
         Image.fromarray(pane.image).save(args.out / f"{name}_heatmap.png")
+        panes.append(pane.image)
     np.save(args.out / "query_masks.npy", query_stack.astype(np.float32))
     boxes = overlay.decision_boxes(q_cam)
     record = {
@@ -155,5 +216,7 @@ def run(args: argparse.Namespace) -> int:
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     (args.out / "explanation.json").write_text(json.dumps(record, indent=2))
+    if args.dicom_out is not None:
+        _write_dicom(args, ck, decided, q_cam.region, pair.query_method, panes, data, kind)
     print(f"wrote {args.out}/ (prototype {t}, j_x {exp_node.mask_index}, {result.seconds:.1f} s)")
     return 0

@@ -80,3 +80,32 @@ def test_explain_decides_by_the_cards_rule_and_records_what_ran(tmp_path, tiny_m
     ran = mdm.runnable(mdm.profile("standard"))
     assert record["mdm_config"]["precision"] == ran.precision  # float32 where bf16 is not native
     assert record["mdm_config_requested"]["precision"] == "bf16"
+
+
+def test_explain_writes_the_dicom_objects_of_a_dicom_file(tmp_path, tiny_model):
+    import shutil
+    import subprocess
+
+    import pydicom
+
+    from tests.conftest import REAL_DICOM
+
+    if not REAL_DICOM.is_file():
+        pytest.skip("shared DICOM absent")
+    ck = _checkpoint(tmp_path, tiny_model, with_vectors=True)
+    out, dicom = tmp_path / "out", tmp_path / "dicom"
+    rc = main(["explain", "--checkpoint", str(ck), str(REAL_DICOM), "--out", str(out), "--iterations", "2",
+               "--profile", "fast", "--dicom-out", str(dicom)])
+    assert rc == 0
+    source = pydicom.dcmread(REAL_DICOM)
+    record = json.loads((out / "explanation.json").read_text())
+    objects = {p.stem: pydicom.dcmread(p) for p in dicom.glob("*.dcm")}
+    assert set(objects) == {"SEG", "SR", "SC"}
+    assert {o.StudyInstanceUID for o in objects.values()} == {source.StudyInstanceUID}
+    classes = [i.TextValue for i in objects["SR"].ContentSequence
+               if i.ConceptNameCodeSequence[0].CodeMeaning == "Predicted class"]
+    assert classes == [record["prediction"]["class_name"]]
+    if shutil.which("dciodvfy"):
+        for path in dicom.glob("*.dcm"):
+            run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+            assert not [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")], path
