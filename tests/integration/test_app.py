@@ -236,3 +236,28 @@ def test_each_model_starts_at_the_profile_its_card_names_and_keeps_the_users_cho
     picker.set_value(DEFAULT_MDM_PROFILE).run()
     at.run()
     assert not at.exception and at.sidebar.selectbox(key="mdm_profile").value == DEFAULT_MDM_PROFILE
+
+
+def _bundled_page(monkeypatch, tmp_path, name: str, page: str) -> AppTest:
+    monkeypatch.setenv("DPROTONET_BUNDLED", "1")
+    monkeypatch.setenv("DPROTONET_MODELS_DIR", str(tmp_path / "no-models"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["checkpoint_path"] = str(REPO / "assets" / "checkpoints" / name)
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_the_evaluation_page_never_shows_a_training_image_figure_as_accuracy(monkeypatch, tmp_path):
+    """iChallenge-PM trained on all 400 photographs: its stored evaluation ran on them. The page says so, labels
+    every such figure "on training images", and shows the cross-validation's figures as the accuracy."""
+    if not (REPO / "assets" / "checkpoints" / "ichallenge-pm" / "evaluation" / "metrics.json").is_file():
+        pytest.skip("no stored iChallenge-PM evaluation")
+    at = _bundled_page(monkeypatch, tmp_path, "ichallenge-pm", "pages/evaluation.py")
+    assert any("trained on" in w.value and "not how accurate it is" in w.value for w in at.warning)
+    labels = [m.label for m in at.metric]
+    assert labels and all(label.endswith("on training images") for label in labels)
+    assert "expected accuracy" in _texts(at) and "cross-validation" in _texts(at)
+    cv_table = at.dataframe[0].value
+    assert any("fold" in str(on) for on in cv_table["Measured on"])

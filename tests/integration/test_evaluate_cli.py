@@ -64,7 +64,11 @@ def test_evaluate_writes_every_output(tiny_checkpoint, blob_folder, tmp_path, ca
         assert 0.0 <= row["D"] <= 1.0 and 0.0 <= row["I"] <= 1.0  # areas under a probability curve
     with open(out / "table5.csv") as f:
         assert len(list(csv.DictReader(f))) == len(METHODS)
-    assert "| Method |" in (out / "table5.md").read_text()
+    caption = (out / "table5.md").read_text()
+    assert "| Method |" in caption
+    # the caption names the class explained, the probability used, the tie order and the 50% reading
+    assert "the class the image's ground truth marks" in caption and "softmax of eq. 3" in caption
+    assert "seeded random order" in caption and "applied to DICE, IoU and PPV too" in caption
     with open(out / "per_image.csv") as f:
         assert len(list(csv.DictReader(f))) == 2 * len(METHODS)
 
