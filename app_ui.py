@@ -14,6 +14,30 @@ import streamlit as st
 from dprotonet_core import review
 from dprotonet_core.checkpoint import Checkpoint
 
+
+def keep_uploads_in_memory() -> int:
+    """Uploads stay in memory end to end: Streamlit's web server (Starlette) spools every multipart part larger than
+    1 MB to a temporary file (a 2 MB DICOM left the patient's name and MRN in a deleted file under the temp
+    folder, readable through /proc/PID/fd, its blocks on disk). Raising Starlette's spooling limit to the upload
+    limit (plus the multipart framing) keeps every upload in a memory buffer; Streamlit refuses bodies above
+    server.maxUploadSize before they are parsed. A temp folder on a RAM-backed filesystem was measured too: the
+    file then lives in tmpfs (swappable) and the process still holds it, so it is not the fix
+    (tests/integration/test_http.py scans the server's open files while it receives an upload).
+
+    Runs when app.py imports this module, i.e. in the server process before the first page (and so the first
+    upload widget) is served. Returns the limit now in force (0 if the server is not Starlette)."""
+    try:
+        from starlette.formparsers import MultiPartParser
+    except ImportError:  # another web server: nothing of ours to set
+        return 0
+    limit = (review.MAX_UPLOAD_MB + 1) * 1024 * 1024
+    if MultiPartParser.spool_max_size < limit:
+        MultiPartParser.spool_max_size = limit
+    return MultiPartParser.spool_max_size
+
+
+keep_uploads_in_memory()
+
 CHECKPOINT_KEY = "checkpoint_path"
 PICKER_KEY = "checkpoint_picker"
 ROUTED_KEY = "routed_images"  # image hash -> (checkpoint path, notice or None): each image is routed once

@@ -122,9 +122,10 @@ def jpeg_bomb(side: int = 60000) -> bytes:
     return bytes(data)
 
 
-def phi_dicom() -> bytes:
-    """A valid image DICOM whose identifying fields are full of PHI_STRINGS (and a private tag)."""
-    pixels = (np.arange(64 * 64).reshape(64, 64) % 256).astype(np.uint8)
+def phi_dicom(pixels: np.ndarray | None = None) -> bytes:
+    """A valid image DICOM whose identifying fields are full of PHI_STRINGS (and a private tag); 64 x 64 pixels
+    unless `pixels` (uint8) are given."""
+    pixels = (np.arange(64 * 64).reshape(64, 64) % 256).astype(np.uint8) if pixels is None else pixels
     extra = {
         "PatientName": PHI_STRINGS[0],
         "PatientID": PHI_STRINGS[2],

@@ -14,7 +14,8 @@ Bounded: 127.0.0.1 only, 8 sessions, one upload and one report download each, ev
 Speed (CI on 2 shared cores): the server is the real `streamlit run` CLI, started through a short launcher
 that first cuts every MDM profile (the app's default standard profile among them) to
 MDM_TEST_ITERATIONS iterations; DPROTONET_BUNDLED=0 hides the bundled demo checkpoints so every session starts on
-the tiny test checkpoint; the single-session reference uses the same profiles. What is tested is that sessions
+the tiny test checkpoint (broken checkpoint folders of tests/bad_checkpoints.py sit beside it, listed as refused);
+the single-session reference uses the same profiles. What is tested is that sessions
 stay apart under concurrency, not the heatmap's quality.
 """
 
@@ -34,6 +35,7 @@ from PIL import Image
 
 from dprotonet_core import review
 from tests.app_support import TINY_NAME, make_tiny_checkpoint
+from tests.bad_checkpoints import SOME, add_bad_checkpoints
 from tests.browser.test_browser import _pane_images
 from tests.conftest import REPO
 from tests.server_support import CHROMIUM, CHROMIUM_ARGS, few_mdm_steps, streamlit_server
@@ -77,7 +79,7 @@ def single_session_result(checkpoint, data: bytes) -> dict:
     rendered = review.render_case(case, checkpoint, explanation, settings)
     report = review.report_dict(review.report_inputs(case, checkpoint, explanation, settings, rendered))
     return {
-        "subheader": f"Prediction: {case.prediction.class_name}, {review.probability(case.prediction) * 100:.1f}%",
+        "subheader": review.prediction_headline(case.prediction, checkpoint),
         "query_pane": rendered.figure["data"][0]["source"],
         "notes": sorted(rendered.notes),
         "report": report,
@@ -113,8 +115,10 @@ def _healthy(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
+    """The tiny checkpoint, with broken checkpoint folders beside it (listed as refused; nobody's page breaks)."""
     root = tmp_path_factory.mktemp("models")
-    make_tiny_checkpoint(root / TINY_NAME)
+    good = make_tiny_checkpoint(root / TINY_NAME)
+    add_bad_checkpoints(root, good, SOME)
     return root
 
 

@@ -54,6 +54,9 @@ def test_upload_cap_matches_streamlit_config():
     assert config["client"]["showErrorDetails"] == "none"
     assert config["browser"]["gatherUsageStats"] is False
     assert config["server"]["enableXsrfProtection"] is True
+    assert config["server"]["address"] == "127.0.0.1"  # a plain `streamlit run app.py` is not open to every interface
+    hosts = config["server"]["allowedHosts"]
+    assert hosts and "*" not in hosts and set(hosts) <= {"localhost", "127.0.0.1"}
 
 
 def test_list_checkpoints_lists_valid_and_invalid(tmp_path, checkpoint_dir):
