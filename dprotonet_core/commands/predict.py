@@ -43,6 +43,11 @@ def _read(path: str):
         return None, str(exc)
 
 
+def _refusal(exc: Exception, expected: type) -> str:
+    """One line for a checkpoint that cannot be loaded: the check's own message, else the error's type."""
+    return " ".join(str(exc).split()) if isinstance(exc, expected) else f"could not be loaded ({type(exc).__name__})"
+
+
 def _bundled() -> list:
     """(folder, card) of the bundled checkpoints that exist, in the app's order."""
     from dprotonet_core.checkpoint import read_card
@@ -78,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint != AUTO:
         try:
             checkpoint(args.checkpoint)
-        except CheckpointError as exc:
-            print(f"error: checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
+        except Exception as exc:  # a checkpoint folder is untrusted input: one line, never a traceback
+            print(f"error: checkpoint {args.checkpoint}: {_refusal(exc, CheckpointError)}", file=sys.stderr)
             return 1
     failed = False
     for path in args.files:
@@ -96,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         try:
             ckpt = checkpoint(folder)
-        except CheckpointError as exc:
-            print(f"error: checkpoint {folder}: {exc}", file=sys.stderr)
+        except Exception as exc:
+            print(f"error: checkpoint {folder}: {_refusal(exc, CheckpointError)}", file=sys.stderr)
             return 1
         try:
             result = predict(ckpt.model, to_model_input(image, ckpt.model.config.input_size), ckpt.classes,
