@@ -122,12 +122,14 @@ def sidebar_checkpoint_picker() -> review.CheckpointEntry | None:
         summary = review.checkpoint_summary(chosen.card or {})
         plain = review.plain  # card text is untrusted: shown as text, never rendered as markdown
         st.sidebar.markdown(
+            f"**Answering:** {plain(chosen.full_name)}  \n"
             f"**Task:** {plain(summary['task'])}  \n"
-            f"**Classes:** {', '.join(plain(c) for c in summary['classes'])}  \n"
-            f"**Trained on:** {plain(summary['trained_on'])}"
+            f"**Classes:** {', '.join(plain(c) for c in summary['classes'])}"
         )
-        if summary["credit"]:
-            st.sidebar.caption(f"Data: {plain(summary['credit'])}")
+        with st.sidebar.expander("Training data and credits"):
+            st.markdown(f"**Trained on:** {plain(summary['trained_on'])}")
+            if summary["credit"]:
+                st.caption(f"Data: {plain(summary['credit'])}")
     else:
         st.session_state.pop(CHECKPOINT_KEY, None)
         st.sidebar.warning(

@@ -45,7 +45,8 @@ MAX_MASK_ELEMENTS = 1 << 26  # feature masks n x D x H1 x W1 as float32: 256 MB 
 MAX_MODEL_ELEMENTS = 1 << 28  # every tensor of the model together (bundled: 9.2 million)
 
 # card.json fields the app reads, and the type each must have when present.
-_STR_FIELDS = ("name", "task", "trained_on", "intended_use", "dtype", "backbone", "mdm_profile", "command_line")
+_STR_FIELDS = ("name", "short_name", "task", "trained_on", "intended_use", "dtype", "backbone", "mdm_profile",
+               "command_line")
 _BOOL_FIELDS = ("synthetic",)
 _DICT_FIELDS = ("data", "training_data", "accepts", "decision_threshold", "calibration", "ood", "metrics",
                 "mdm_default_profile", "prototype_mdm", "cross_validation", "software")

@@ -57,11 +57,14 @@ if reliability:
     for column, (title, figures) in zip(st.columns(len(reliability)), reliability):
         column.plotly_chart(review.reliability_figure(figures, title), width="stretch", key=f"reliability_{title}")
     st.caption(review.RELIABILITY_CAPTION)
+if review.on_training_images(view, entry.card):
+    st.caption("The confusion matrix and ROC curve below are on the training images too.")
 for column, name in zip(st.columns(2), ("confusion_matrix", "roc")):
     if name in view.figures:
         column.plotly_chart(view.figures[name], width="stretch", key=f"fig_{name}")
 
 st.subheader("Explanations: Table 5 (recognition and localisation)")
+st.caption(review.table5_caption(view, entry.card))
 if view.table5:
     st.dataframe(view.table5, hide_index=True, width="stretch")
     st.caption("AD: average drop, AI: average increase (%), D/I: deletion/insertion AUC; ↑ higher is better, "

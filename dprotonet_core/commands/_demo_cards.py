@@ -162,6 +162,7 @@ def palm_card() -> dict:
     return {
         "accepts": PALM_ACCEPTS,
         "name": "iChallenge-PM (PALM) demo",
+        "short_name": "iChallenge-PM",
         "task": "pathologic myopia (PM) vs. not, from colour fundus photographs",
         "synthetic": False,
         "trained_on": "400 real PALM / iChallenge-PM fundus photographs (224 px)",
@@ -181,6 +182,7 @@ def rsna_card() -> dict:
     return {
         "accepts": RSNA_ACCEPTS,
         "name": "RSNA pneumonia (real radiographs)",
+        "short_name": "RSNA pneumonia",
         "task": "pneumonia (lung opacity) vs. not, from frontal chest radiographs of adults",
         "synthetic": False,
         "trained_on": "real adult chest radiographs of the RSNA Pneumonia Detection Challenge (NIH Clinical "

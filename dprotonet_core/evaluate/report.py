@@ -143,6 +143,14 @@ def curve_figure(curves: dict, kind: str, names: dict[str, str]) -> go.Figure:
         xaxis_title=f"fraction of pixels {what}", yaxis_title="class probability",
         yaxis_range=[0, 1], template="plotly_white",
     )
+    return legend_below(fig)
+
+
+def legend_below(fig: go.Figure) -> go.Figure:
+    """The legend under the plot, one entry a line: the methods' long names beside a half-width chart left the
+    curves a sliver of the width."""
+    fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.25, "xanchor": "left", "x": 0},
+                      height=520, margin={"b": 200})
     return fig
 
 
@@ -273,6 +281,8 @@ def load_evaluation(checkpoint_path: Path) -> EvaluationView | None:
             continue
         try:
             figures[name] = pio.read_json(str(path))
+            if name in ("deletion", "insertion"):  # stored before the legend moved under the plot
+                legend_below(figures[name])
         except Exception as exc:  # a damaged figure must not take the page down
             problems.append(f"figure {name} cannot be read ({type(exc).__name__})")
     return EvaluationView(folder, metrics, rows, figures, problems)

@@ -86,6 +86,7 @@ from dprotonet_core.review.evaluation import (  # noqa: F401
     format_timestamp,
     load_evaluation,
     on_training_images,
+    table5_caption,
 )
 from dprotonet_core.review.explanation import (  # noqa: F401
     CacheKey,

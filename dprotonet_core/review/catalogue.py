@@ -34,8 +34,18 @@ class CheckpointEntry:
 
     @property
     def label(self) -> str:
-        name = (self.card or {}).get("name") or self.path.name
+        """The picker's entry: the card's short name (the full one does not fit the sidebar's width), else its name,
+        else the folder's; "(demo)" for a bundled checkpoint."""
+        card = self.card or {}
+        short = card.get("short_name") if isinstance(card.get("short_name"), str) else None
+        name = short or card.get("name") or self.path.name
         return f"{name} (demo)" if self.bundled else str(name)
+
+    @property
+    def full_name(self) -> str:
+        """The card's full name (else the folder's): what the sidebar spells out under the picker."""
+        name = (self.card or {}).get("name")
+        return str(name) if isinstance(name, str) and name else self.path.name
 
 
 def models_dir(environ: dict[str, str] | None = None) -> Path:

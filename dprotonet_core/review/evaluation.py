@@ -82,3 +82,16 @@ def classification_headline(view: EvaluationView, card: dict | None) -> dict[str
     if not on_training_images(view, card):
         return figures
     return {f"{label} on training images": value for label, value in figures.items()}
+
+
+def table5_caption(view: EvaluationView, card: dict | None) -> str:
+    """Under Table 5's heading: how many images, whether the model trained on them, which probability the
+    recognition metrics use, and which class the maps explain."""
+    table = view.metrics.get("table5") or {}
+    probability = (view.metrics.get("classification") or {}).get("probability") or "the model's softmax of eq. 3"
+    target = {"label": "the class the image's ground truth marks", "predicted": "the predicted class"}.get(
+        table.get("target"), "the predicted class")
+    where = (" (training images: these show how the maps behave, not how well the model generalises)"
+             if on_training_images(view, card) else "")
+    return (f"CAMs on {table.get('n_images', '?')} images of this split{where}, each for {target}; average drop / "
+            f"increase and deletion / insertion on the probability {probability}.")

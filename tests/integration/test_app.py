@@ -261,3 +261,23 @@ def test_the_evaluation_page_never_shows_a_training_image_figure_as_accuracy(mon
     assert "expected accuracy" in _texts(at) and "cross-validation" in _texts(at)
     cv_table = at.dataframe[0].value
     assert any("fold" in str(on) for on in cv_table["Measured on"])
+
+
+def test_the_sidebar_names_the_model_in_full_and_keeps_credits_one_click_away(monkeypatch, tmp_path):
+    """The picker's entries fit its width (the full names were cut: "RSNA pneumonia (real radiograp"); the full
+    name is spelled out under it; the data credits sit in an expander, not in the sidebar's running text."""
+    monkeypatch.setenv("DPROTONET_BUNDLED", "1")
+    monkeypatch.setenv("DPROTONET_MODELS_DIR", str(tmp_path / "no-models"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["checkpoint_path"] = str(REPO / "assets" / "checkpoints" / "ichallenge-pm")
+    at.run()
+    assert not at.exception, at.exception
+    picker = at.sidebar.selectbox(key="checkpoint_picker")
+    assert picker.options and all(len(label) <= 26 for label in picker.options), picker.options
+    assert "iChallenge-PM (demo)" in picker.options
+    sidebar_text = "\n".join(str(m.value) for m in at.sidebar.markdown)
+    assert "**Answering:** iChallenge-PM (PALM) demo" in sidebar_text
+    assert "Fang et al." not in "\n".join(str(c.value) for c in at.sidebar.caption if c not in
+                                          [c2 for e in at.sidebar.expander for c2 in e.caption])
+    credits = [e for e in at.sidebar.expander if e.label == "Training data and credits"]
+    assert credits and any("Fang et al." in str(c.value) for c in credits[0].caption)
