@@ -76,7 +76,8 @@ def sample_inputs(samples: Path) -> list[tuple[Path, str]]:
         return [(samples / row["file"], row["dataset"]) for row in csv.DictReader(f)]
 
 
-def store_sample_explanations(samples: Path, checkpoints: Path, profiles: Sequence[str] | None = None) -> list[dict]:
+def store_sample_explanations(samples: Path, checkpoints: Path,
+                              profiles: Sequence[str] | dict[str, Sequence[str]] | None = None) -> list[dict]:
     """Run the query-side MDM (each profile named; None: the checkpoint's default profile, the config's default,
     paper and fast) on each bundled sample for the prototype the app explains first, exactly as the app prepares
     the image (default DICOM window); store them under samples/explanations.
@@ -100,8 +101,9 @@ def store_sample_explanations(samples: Path, checkpoints: Path, profiles: Sequen
         sha = model_digest(ck.card)
         x = review.default_model_input(ck, path.read_bytes())
         prototype = review.default_prototype(review.predict(ck, x))
-        wanted = profiles if profiles is not None else (mdm.card_default_profile(ck.card), DEFAULT_MDM_PROFILE,
-                                                         "paper", "fast")
+        chosen = profiles.get(name) if isinstance(profiles, dict) else profiles  # per checkpoint, or for all
+        wanted = chosen if chosen is not None else (mdm.card_default_profile(ck.card), DEFAULT_MDM_PROFILE,
+                                                    "paper", "fast")
         for profile in dict.fromkeys(wanted):  # in order, each once
             cfg = mdm.runnable(mdm.profile(profile))  # the arithmetic that runs is the one recorded
             needed.add(store.path_for(out, x[0], sha, prototype, profile, cfg).name)

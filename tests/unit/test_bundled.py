@@ -48,8 +48,18 @@ def test_bundled_checkpoint_classifies_its_samples(name):
     samples = review.ASSETS / "samples"
     rows = list(csv.DictReader(open(samples / "samples.csv"))) if (samples / "samples.csv").is_file() else []
     rows = [r for r in rows if r["dataset"] == name]
+    answers = {}
     for row in rows:
         loaded = review.read_upload((samples / row["file"]).read_bytes())
         prediction = review.predict(checkpoint, review.model_input(checkpoint, loaded))
-        assert prediction.class_name in checkpoint.classes
+        answers[row["file"]] = prediction.class_name
         assert abs(sum(prediction.probabilities) - 1) < 1e-4
+    assert len(answers) >= 4  # the samples are there to be compared
+    wrong = {f for f, answer in answers.items() if answer != next(r["label"] for r in rows if r["file"] == f)}
+    assert wrong == KNOWN_MISSES.get(name, set()), answers
+
+
+# Samples the shipped models get wrong, kept as samples rather than swapped for easier ones (the samples are the
+# first films of each kind in the test split, chosen before the model answered): the RSNA model calls this normal
+# PA film pneumonia (calibrated p 0.298 against its threshold 0.290), a false positive a reviewer should see.
+KNOWN_MISSES = {"rsna-pneumonia": {"rsna-5-pa-normal.jpg"}}
