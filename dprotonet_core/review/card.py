@@ -10,7 +10,7 @@ from dprotonet_core.review.text import plain
 
 CARD_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Intended use and limits", ("intended_use", "limitations", "warnings", "out_of_scope")),
-    ("What it accepts, and how it decides", ("accepts", "decision_threshold", "ood")),
+    ("What it accepts, and how it decides", ("accepts", "calibration", "decision_threshold", "ood")),
     ("Data", ("data", "trained_on", "dataset", "training_data", "split", "synthetic", "prototype_sources")),
     ("Training", ("training", "train_config", "loss_config", "mdm_config", "projection", "demo_plan",
                   "backbone_weights", "command_line", "seed", "build_seconds", "epoch_seconds")),

@@ -56,11 +56,11 @@ def reliability_figure(figures: dict, title: str, positive: str = "class 1") -> 
         text=[f"{b['n']} images, shown {b['mean_predicted']:.2f}, observed {b['observed']:.2f}" for b in bins],
         hoverinfo="text"))
     fig.update_layout(
-        title=f"{title}: ECE {figures['ece']:.3f} ({figures.get('images', '?')} images, "
-              f"{figures.get('bins', 10)} bins)",
+        title={"text": f"{title}<br>ECE {figures['ece']:.3f}, {figures.get('images', '?')} images, "
+                       f"{figures.get('bins', 10)} bins", "font": {"size": 13}},
         xaxis={"title": f"shown probability of {positive}", "range": [0, 1]},
         yaxis={"title": f"observed share with {positive}", "range": [0, 1]},
-        height=360, margin={"l": 50, "r": 10, "t": 50, "b": 45}, showlegend=False)
+        height=380, margin={"l": 50, "r": 10, "t": 70, "b": 45}, showlegend=False)
     return fig
 
 
