@@ -116,7 +116,8 @@ def checkpoint_images(args, positives_only: bool = True) -> tuple[DProtoNet, tor
     model = ck.model.float().eval()
     size = model.config.input_size
     split = {"seed": 0, "val_fraction": 0.2, "test_fraction": 0.2}
-    ds = load_dataset(args.dataset, args.data, "test", size, transform=None, **split)
+    root = args.data[0] if len(args.data) == 1 else list(args.data)
+    ds = load_dataset(args.dataset, root, "test", size, transform=None, **split)
     chosen = [i for i in range(len(ds)) if ds.items[i].label == 1 or not positives_only]
     if positives_only and any(ds.has_ground_truth(i) for i in chosen):
         chosen = [i for i in chosen if ds.has_ground_truth(i)]
@@ -131,7 +132,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--dataset", default="rsna")
-    ap.add_argument("--data", type=Path, default=Path("runs/synthetic-rsna"))
+    ap.add_argument("--data", type=Path, nargs="+", default=[Path("runs/synthetic-rsna")],
+                    help="dataset folder(s); RSNA takes both of the shipped checkpoint's (rsna-real rsna-real-256)")
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--images", type=int, default=4)

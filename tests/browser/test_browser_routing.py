@@ -41,13 +41,13 @@ def test_chest_dicom_on_the_fundus_model_switches_with_a_notice(server):
         page.goto(server)
         page.get_by_text("Upload an image").first.wait_for()
         sidebar = page.locator('[data-testid="stSidebar"]')
-        sidebar.get_by_text("iChallenge-PM fundus photographs").first.wait_for()  # opens on the fundus model
+        sidebar.get_by_text("from colour fundus photographs").first.wait_for()  # opens on the fundus model
         page.locator("input[type=file]").first.set_input_files(str(REAL_DICOM))
         notice = page.get_by_text("Frontal chest radiograph: reviewed with the RSNA")
         notice.first.wait_for()
         page.get_by_text("Prediction:").first.wait_for()
-        sidebar.get_by_text("adult chest radiographs of the RSNA").first.wait_for()  # the sidebar follows
-        assert sidebar.get_by_text("iChallenge-PM fundus photographs").count() == 0
+        sidebar.get_by_text("from frontal chest radiographs").first.wait_for()  # the sidebar follows
+        assert sidebar.get_by_text("from colour fundus photographs").count() == 0
         page.get_by_role("button", name="Download report (PNG)").wait_for()  # finished, not a refining preview
         page.locator(".js-plotly-plot .imagelayer image").nth(1).wait_for(state="attached")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)

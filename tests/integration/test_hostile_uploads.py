@@ -206,8 +206,9 @@ def test_mdm_time_limit_gives_a_result_with_a_message(models_dir, normal_png, tm
     """The MDM time cap stops the explanation, the panes still show and the page says why."""
     original = review.explain
 
-    def capped(checkpoint, x, prototype, profile="fast", progress=None, cancel=None, time_limit_s=0.0, preview=None):
-        return original(checkpoint, x, prototype, profile, progress, cancel, 0.0, preview)
+    def capped(checkpoint, x, prototype, profile="fast", progress=None, cancel=None, time_limit_s=0.0, preview=None,
+               owner=None):
+        return original(checkpoint, x, prototype, profile, progress, cancel, 0.0, preview, owner)
 
     monkeypatch.setattr(review.explanation, "explain", capped)
     at = open_app(models_dir, monkeypatch, tmp_path / "no-samples")

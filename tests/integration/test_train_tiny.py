@@ -85,8 +85,9 @@ def test_predict_json_lines_and_exit_code(trained, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 2
     first, second = lines
-    assert set(first) == {"file", "checkpoint", "prediction", "class_index", "probabilities", "decision", "task_fit",
-                          "ood", "top_prototypes"}
+    assert set(first) == {"file", "checkpoint", "prediction", "class_index", "probabilities", "probabilities_are",
+                          "model_softmax", "decision", "task_fit", "ood", "top_prototypes"}
+    assert first["probabilities_are"] == "the model's softmax of eq. 3 (not calibrated)"
     assert first["decision"] == "argmax of eq. 3" and first["task_fit"]["fits"]  # a card without `accepts`
     assert first["ood"]["threshold"] is None and first["ood"]["flagged"] is False  # nor OOD quantiles
     assert first["prediction"] == list(CLASSES)[first["class_index"]]

@@ -73,8 +73,12 @@ def test_the_app_shows_a_stored_sample_explanation_without_a_model_call(tmp_path
     assert counter.calls > 0 and not fresh.precomputed
 
 
-@pytest.mark.parametrize("profile", ["standard", "paper", "fast"])
-@pytest.mark.parametrize("name", ["ichallenge-pm", "rsna-pneumonia"])
+# What make-demo stored for each bundled checkpoint's samples: the RSNA rebuild of 2026-12-04 stored its default
+# (standard) and the fast profile only; the paper protocol's 800 steps run live (assets/checkpoints/README.md).
+STORED_PROFILES = {"ichallenge-pm": ["thorough", "standard", "paper", "fast"], "rsna-pneumonia": ["standard", "fast"]}
+
+
+@pytest.mark.parametrize(("name", "profile"), [(n, p) for n, ps in STORED_PROFILES.items() for p in ps])
 def test_bundled_samples_have_their_stored_explanations(name, profile):
     """make-demo stored each bundled sample's explanation under these MDM profiles; the app must find it
     again (same decoding, same window, same pixels, same model file, same MDM settings)."""
