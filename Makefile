@@ -47,7 +47,7 @@ EVAL := $(PY) -m dprotonet_core evaluate --split test --attach --no-progress --t
 EVAL_ALL := $(PY) -m dprotonet_core evaluate --split all --attach --no-progress --threads 2
 # The finished 5-fold cross-validation of its recipe (python -m dprotonet_core cross-validate; make-demo refuses an
 # unfinished one before training).
-PALM_CV ?= bench/results/cv-palm-small_resnet-stacked-20ep
+PALM_CV ?= bench/results/cv-palm-small_resnet-stacked-20ep-oof
 checkpoints: install
 	rm -f assets/backbones/chest-small_resnet-kermany.safetensors
 	$(PY) -m dprotonet_core make-demo --out assets/checkpoints --palm $(PALM_DATA) --rsna-data $(RSNA_DATA) \

@@ -114,12 +114,16 @@ def decide(probabilities: torch.Tensor | np.ndarray, threshold: float | None = N
 
 
 def decision_rule(classes: Sequence[str], threshold: float | None, positive: int = 1,
-                  calibrated: bool = False) -> str:
-    """How `decide` answers, in one line, for the CLI's JSON and the evaluation report."""
+                  calibrated: bool = False, rule: str | None = None) -> str:
+    """How `decide` answers, in one line, for the CLI's JSON and the evaluation report. `rule`: the card's
+    decision_threshold rule ("argmax": a threshold that reproduces eq. 3's argmax on the calibrated scale)."""
     if threshold is None:
         return "argmax of eq. 3" + (" (of the calibrated probabilities)" if calibrated else "")
     name = classes[positive]
     kind = "the calibrated " if calibrated else ""
+    if rule == "argmax":
+        return (f"argmax of eq. 3 (the paper's rule), which is {name} when {kind}p({name}) >= {threshold:.4g} "
+                "(sigmoid of the calibrator's intercept)")
     return f"{name} when {kind}p({name}) >= {threshold:.4g} (the card's threshold, chosen on validation)"
 
 

@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         check = ood.check(result.ood_score, ckpt.card.get("ood"))
         fields = result.to_json(args.top_k)
         top = fields.pop("top_prototypes")
-        decision = decision_rule(ckpt.classes, ckpt.decision_threshold, calibrated=ckpt.calibration is not None)
+        decision = decision_rule(ckpt.classes, ckpt.decision_threshold, calibrated=ckpt.calibration is not None,
+                                 rule=(ckpt.card.get("decision_threshold") or {}).get("rule"))
         try:  # valid JSON or an error line: never NaN or Infinity in the output
             line = json.dumps({"file": path, "checkpoint": str(folder), **fields, "decision": decision,
                                "task_fit": fit.to_json(), "ood": check.to_json(), "top_prototypes": top},

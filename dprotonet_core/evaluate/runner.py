@@ -263,6 +263,8 @@ def run_evaluation(request: EvalRequest, cfg: EvalConfig = _EVAL, progress: bool
     pred = predict_split(model, data, cfg.batch_size, progress, checkpoint.decision_threshold,
                          checkpoint.calibration)
     classification = classification_metrics(pred, checkpoint.classes, positive)
+    classification["decision"] = decision_rule(checkpoint.classes, pred.threshold, positive, pred.calibrated,
+                                               (checkpoint.card.get("decision_threshold") or {}).get("rule"))
     classification["probability"] = describe_calibration(checkpoint.calibration)
     classification["by_view"] = per_view_metrics(pred, data, positive)
     classification.update(subgroup_figures(pred, data, positive, checkpoint.calibration is not None))

@@ -238,7 +238,8 @@ def decision_text(checkpoint: Checkpoint) -> str:
     from dprotonet_core.calibration import describe
 
     calibration = checkpoint.calibration
-    what = ("The probability is calibrated: among radiographs like the validation films it was fitted on "
+    kind = str((checkpoint.card.get("accepts") or {}).get("what") or "image")
+    what = (f"The probability is calibrated: among {kind}s like those it was fitted on "
             f"({calibration.get('fitted_on', 'validation images')}), a probability p means about p x 100 in 100 "
             "had the finding." if calibration else
             f"The probability is {describe(None)}: its ranking of images means something, its value is not a "
@@ -248,6 +249,9 @@ def decision_text(checkpoint: Checkpoint) -> str:
         return f"Decision: the class with the highest score (argmax of eq. 3, the paper's rule). {what}"
     positive = checkpoint.classes[1]
     record = checkpoint.card.get("decision_threshold") or {}
+    if record.get("rule") == "argmax":
+        return (f"Decision: the class with the highest score (argmax of eq. 3, the paper's rule); on the calibrated "
+                f"scale that is {positive} when p({positive}) >= {threshold:.2f}. {what}")
     chosen_for = record.get("chosen_for") or record.get("rule") or "see the model card"
     chosen_on = record.get("chosen_on") or "the validation split"
     return (f"Decision: {positive} when p({positive}) >= {threshold:.2f}, a threshold chosen on {chosen_on} for "

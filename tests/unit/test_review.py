@@ -380,7 +380,8 @@ def test_prediction_headline_names_the_threshold_it_was_compared_with(checkpoint
         f"Prediction: {argmax.class_name} (uncalibrated model score {100 * review.probability(argmax):.1f}%)")
     assert "argmax" in review.decision_text(checkpoint) and "not calibrated" in review.decision_text(checkpoint)
     # a calibrator of slope 0 gives every image p = 0.30; the threshold 0.25 then answers the positive class
-    card = {**checkpoint.card, "calibration": {"slope": 0.0, "intercept": math.log(0.3 / 0.7),
+    card = {**checkpoint.card, "accepts": {"what": "frontal chest radiograph"},
+            "calibration": {"slope": 0.0, "intercept": math.log(0.3 / 0.7),
                                                "fitted_on": "192 validation images of rsna-real"},
             "decision_threshold": {"value": 0.25, "rule": "accuracy_at_sensitivity", "chosen_on": "192 films",
                                    "chosen_for": "the highest accuracy that keeps sensitivity >= 0.5"}}
@@ -395,8 +396,13 @@ def test_prediction_headline_names_the_threshold_it_was_compared_with(checkpoint
     assert review.decision_text(thresholded) == (
         f"Decision: {checkpoint.classes[1]} when p({checkpoint.classes[1]}) >= 0.25, a threshold chosen on 192 films "
         "for the highest accuracy that keeps sensitivity >= 0.5 (not the paper's argmax). The probability is "
-        "calibrated: among radiographs like the validation films it was fitted on (192 validation images of "
+        "calibrated: among frontal chest radiographs like those it was fitted on (192 validation images of "
         "rsna-real), a probability p means about p x 100 in 100 had the finding.")
+    # a threshold that only restates eq. 3's argmax on the calibrated scale (the PALM card) says so
+    argmax_card = {**card, "decision_threshold": {"value": 0.34, "rule": "argmax"}}
+    assert review.decision_text(dataclasses.replace(checkpoint, card=argmax_card)).startswith(
+        "Decision: the class with the highest score (argmax of eq. 3, the paper's rule); on the calibrated scale "
+        f"that is {checkpoint.classes[1]} when p({checkpoint.classes[1]}) >= 0.34.")
 
 
 def test_stored_prototype_heatmaps_say_how_they_were_made(checkpoint):
