@@ -113,6 +113,23 @@ BACKBONES: dict[str, Callable[[], tuple[nn.Module, int]]] = {
 }
 
 
+def backbone_parts(module: nn.Module) -> list[nn.Module]:
+    """f_b as a list of modules whose composition, in order, is f_b itself: nn.Sequential is flattened (its forward
+    is that composition), SmallResNet is its stem then its stages, any other module is one part."""
+    if isinstance(module, SmallResNet):
+        return [*backbone_parts(module.stem), *backbone_parts(module.stages)]
+    if type(module) is nn.Sequential:
+        return [part for child in module for part in backbone_parts(child)]
+    return [module]
+
+
+def stage_ends(shapes: list[torch.Size], keep: int = 4) -> list[int]:
+    """Indices of the parts that end a stage of f_b: a part whose output the next part downsamples, and the last
+    part; the last `keep` of them (the out-of-distribution score pools each stage's output, ood_features.py)."""
+    ends = [i for i in range(len(shapes) - 1) if shapes[i + 1][-2:] != shapes[i][-2:]] + [len(shapes) - 1]
+    return ends[-keep:]
+
+
 def build_backbone(name: str, weights_path: str | Path | None = None) -> tuple[nn.Module, int]:
     """Return (f_b, number of output channels) for a backbone name.
 

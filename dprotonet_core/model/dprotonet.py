@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dprotonet_core.config import ModelConfig
-from dprotonet_core.model.backbones import build_backbone
+from dprotonet_core.model.backbones import backbone_parts, build_backbone, stage_ends
 
 
 def feature_vectors(feature_map: torch.Tensor, feature_masks: torch.Tensor) -> torch.Tensor:
@@ -84,6 +84,7 @@ class DProtoNetOutput:
     activations: torch.Tensor  # g: (B, K)
     distances: torch.Tensor  # s: (B, n, K)
     z: torch.Tensor  # (B, n, D)
+    stages: list[torch.Tensor] | None = None  # forward(x, stages=True): each stage of f_b average-pooled, (B, C_s)
 
 
 class ShapingNetwork(nn.Sequential):
@@ -122,12 +123,28 @@ class DProtoNet(nn.Module):
         self.set_last_layer_connection()
 
     def _feature_size(self, size: int) -> tuple[int, int]:
+        """(H1, W1) of f_b's output; also finds the parts of f_b that end its stages (`forward(x, stages=True)`)."""
+        self._backbone_parts = backbone_parts(self.backbone)  # a plain list: the modules are registered in backbone
         with torch.no_grad():
             was_training = self.backbone.training
             self.backbone.eval()
-            out = self.backbone(torch.zeros(1, 3, size, size))
+            h, shapes = torch.zeros(1, 3, size, size), []
+            for part in self._backbone_parts:
+                h = part(h)
+                shapes.append(h.shape)
             self.backbone.train(was_training)
-        return out.shape[-2], out.shape[-1]
+        self._stage_ends = stage_ends(shapes)
+        self.stage_widths = [int(shapes[i][1]) for i in self._stage_ends]  # C_s of each pooled stage
+        return h.shape[-2], h.shape[-1]
+
+    def backbone_with_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """f_b(x) (x in [0, 1]) and the average-pooled output of each of its stages, (B, C_s) each, in one pass."""
+        h, pooled = (x - self.mean) / self.std, []
+        for index, part in enumerate(self._backbone_parts):
+            h = part(h)
+            if index in self._stage_ends:
+                pooled.append(h.float().mean(dim=(-2, -1)))
+        return h, pooled
 
     def set_last_layer_connection(self) -> None:
         """ProtoPNet's initialisation: w = 1 to the own class, -0.5 to every other."""
@@ -150,11 +167,19 @@ class DProtoNet(nn.Module):
             masks = masks.unsqueeze(0).expand(fmap.shape[0], -1, -1, -1)
         return (fmap * masks.to(fmap.dtype)).mean(dim=(-2, -1))
 
-    def forward(self, x: torch.Tensor) -> DProtoNetOutput:
-        z = feature_vectors(self.feature_map(x), self.feature_masks)
+    def forward(self, x: torch.Tensor, stages: bool = False) -> DProtoNetOutput:
+        """One pass; `stages` also returns f_b's pooled stage outputs (the out-of-distribution detector's input)."""
+        pooled = None
+        if stages:
+            fb, pooled = self.backbone_with_stages(x)
+            fmap = self.shaping(fb)
+        else:
+            fmap = self.feature_map(x)
+        z = feature_vectors(fmap, self.feature_masks)
         s = similarity_score(z, self.prototypes)
         g = prototype_activation(s, self.config.epsilon)
-        return DProtoNetOutput(logits=class_logits(g, self.last_layer.weight), activations=g, distances=s, z=z)
+        return DProtoNetOutput(logits=class_logits(g, self.last_layer.weight), activations=g, distances=s, z=z,
+                               stages=pooled)
 
     def prototype_classes(self) -> torch.Tensor:
         """(K,) class index of each prototype."""
