@@ -100,6 +100,7 @@ class Checkpoint:
     card: dict
     prototypes: list[PrototypeRecord] = field(default_factory=list)
     prototype_mask_vectors: list[torch.Tensor] | None = None  # D tensors of (K, a_i, b_i)
+    ood_detector: object | None = None  # ood_detector.Detector of ood.safetensors, for a card whose ood score is it
 
     @property
     def classes(self) -> list[str]:
@@ -438,7 +439,27 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
                 from None
         _refuse_non_finite(rel, loaded)
         vectors = [loaded[f"d{i + 1}"].float() for i in range(len(loaded))]
-    return Checkpoint(path=folder, model=model, card=card, prototypes=records, prototype_mask_vectors=vectors)
+    return Checkpoint(path=folder, model=model, card=card, prototypes=records, prototype_mask_vectors=vectors,
+                      ood_detector=_load_detector(folder, card, model))
+
+
+def _load_detector(folder: Path, card: dict, model: DProtoNet):
+    """The out-of-distribution detector a card's `ood` record names (score "detector"): its file must be listed
+    with its hash, finite, of the model's stage widths, and fit the record (ood_detector.check_record)."""
+    from dprotonet_core import ood_detector
+
+    record = card.get("ood") or {}
+    if record.get("score") != "detector":
+        return None
+    rel = ood_detector.DETECTOR_FILE
+    if rel not in card["sha256"]:
+        raise CheckpointError(f"{CARD_FILE}: ood names the detector but {rel} is not listed with its hash")
+    try:
+        detector = ood_detector.load_detector(folder_checks.inside(folder, rel), model.stage_widths)
+        ood_detector.check_record(record, detector)
+    except ValueError as exc:
+        raise CheckpointError(f"{rel}: {' '.join(str(exc).split())[:200]}; refused") from None
+    return detector
 
 
 def _unexpected(exc: BaseException) -> str:
@@ -463,7 +484,7 @@ def find_checkpoints(models_dir: str | Path) -> list[tuple[Path, dict | None, st
         folder = card_path.parent
         try:
             card, _, _ = _verify_folder(folder)
-            for rel in (MODEL_FILE, f"{PROTOTYPE_DIR}/{MASK_VECTORS_FILE}"):
+            for rel in (MODEL_FILE, f"{PROTOTYPE_DIR}/{MASK_VECTORS_FILE}", "ood.safetensors"):
                 if rel in card["sha256"]:
                     _refuse_non_finite_file(folder, rel)
             found.append((folder, card, None))
@@ -501,6 +522,9 @@ def replace_prototype_masks(folder: Path | str, vectors: list[torch.Tensor], rec
             raise RuntimeError(f"{folder}: re-saving changed the weights; refusing to replace them")
         full = json.loads((staged / CARD_FILE).read_text())
         full["sha256"][MODEL_FILE] = sha256_file(folder / MODEL_FILE)
+        for kept in ("ood.safetensors",):  # files beside the weights that the prototype side does not change
+            if kept in ck.card["sha256"]:
+                full["sha256"][kept] = ck.card["sha256"][kept]
         shutil.rmtree(folder / "prototypes")
         shutil.move(str(staged / "prototypes"), str(folder / "prototypes"))
         (folder / CARD_FILE).write_text(json.dumps(full, indent=2))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dprotonet_core.model.dprotonet import DProtoNet
-from dprotonet_core.ood import record_score
+from dprotonet_core.ood import needs_stages, record_score
 
 
 @dataclass(frozen=True)
@@ -144,13 +144,14 @@ def calibrate(logits: torch.Tensor, softmax: torch.Tensor, calibration: dict | N
 
 def predict(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | None = None,
             threshold: float | None = None, ood_record: dict | None = None,
-            calibration: dict | None = None) -> Prediction:
+            calibration: dict | None = None, ood_detector=None) -> Prediction:
     """Classify one image (1, 3, S, S) or (3, S, S) in [0, 1] and explain the decision by prototypes.
 
     `threshold`: the checkpoint's decision threshold on p(class 1) (`Checkpoint.decision_threshold`); None
     is the paper's argmax of eq. 3. `ood_record`: the card's `ood` field, naming the out-of-distribution score.
     `calibration`: the card's calibrator (`Checkpoint.calibration`): the probabilities, and the threshold's
-    comparison, are then calibrated ones.
+    comparison, are then calibrated ones. `ood_detector`: the checkpoint's (`Checkpoint.ood_detector`), needed when
+    the record's score is "detector".
 
     The model must be in eval mode (`load_checkpoint` returns it so); it is not switched here,
     so one model can serve several threads.
@@ -158,23 +159,24 @@ def predict(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | None =
     if model.training:
         raise ValueError("predict needs the model in eval mode (call model.eval() once, before sharing it)")
     return predict_batch(model, x01 if x01.dim() == 4 else x01[None], classes, threshold, ood_record,
-                         calibration)[0]
+                         calibration, ood_detector)[0]
 
 
 def predict_batch(model: DProtoNet, x01: torch.Tensor, classes: Sequence[str] | None = None,
                   threshold: float | None = None, ood_record: dict | None = None,
-                  calibration: dict | None = None) -> list[Prediction]:
+                  calibration: dict | None = None, ood_detector=None) -> list[Prediction]:
     """`predict` for a batch (B, 3, S, S): one Prediction per image."""
     if model.training:
         raise ValueError("predict needs the model in eval mode (call model.eval() once, before sharing it)")
     names = list(classes) if classes is not None else default_classes(model)
     device = next(model.parameters()).device
     with torch.inference_mode():
-        out = model(x01.to(device=device, dtype=torch.float32))
+        x = x01.to(device=device, dtype=torch.float32)
+        out = model(x, stages=needs_stages(ood_record))
         logits = out.logits.float().cpu()
         g = out.activations.float().cpu()
         mask_index = out.distances.argmin(dim=1).cpu()  # (B, K)
-        ood = record_score(out, ood_record).cpu()
+        ood = record_score(out, ood_record, ood_detector, x).cpu()
         weight = model.last_layer.weight.detach().float().cpu().clone()  # (C, K), a plain tensor
         proto_class = model.prototype_classes().cpu().tolist()
     softmax = torch.softmax(logits, dim=1)

@@ -1,5 +1,9 @@
-"""Out-of-distribution score from the model itself: is an image's representation like those of the images the
-model learned from?
+"""Out-of-distribution check: is an image's representation like those of the images the model learned from?
+
+The bundled cards ship the detector of ood_detector.py (score "detector": Mahalanobis distances on f_b's stages,
+k-nearest-neighbour distance, input statistics; chosen per checkpoint on bench/ood.py's look-alike figures);
+`record_score` reads it. The scores below are the earlier, single-feature ones, still read for a card that names
+them (and measured by bench/ood.py as "legacy"):
 
     feature z-score      mean_d ((zbar_d(x) - m_d) / s_d)^2,  zbar(x) = (1/n) sum_i z_i(x)   (DEFAULT)
     nearest prototype    min_j min_i s(z_i(x), P_j)                                 (eq. 1's s)
@@ -30,6 +34,36 @@ QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
 FLAG_QUANTILE = "q99"
 WARNING = ("This image is unlike the images the model learned from (out-of-distribution score above the 99th "
            "percentile of its validation images); its answer may mean nothing.")
+
+
+def warning(record: dict | None) -> str:
+    """The flag's warning for one checkpoint: what was measured, against which images, and what it means."""
+    record = record or {}
+    if record.get("score") != "detector":
+        if record.get("flag_above", "").startswith("training"):
+            return ("This image is unlike the images the model learned from (out-of-distribution score above the "
+                    "99th percentile of its own training images); its answer may mean nothing.")
+        return WARNING
+    trained = record.get("training_images")
+    unseen = record.get("threshold_images")
+    where = record.get("threshold_from", "images")
+    return (f"This image is unlike the {trained} images this model learned from: measured on "
+            f"{measured_on(record.get('components') or [])}, it lies further from them than 99 in 100 of "
+            f"{unseen} {where} it did not train on. Its answer may be meaningless.")
+
+
+def measured_on(components: list[str]) -> str:
+    """The detector's components in words (ood_detector.py)."""
+    stages = [c for c in components if str(c).startswith("stage_")]
+    words = []
+    if stages:
+        words.append("its backbone's features at " + (f"{len(stages)} stages" if len(stages) > 1 else
+                                                        f"stage {stages[0].split('_')[1]}"))
+    if "knn" in components:
+        words.append("their nearest training images")
+    if "input" in components:
+        words.append("the image's intensity, colour and field-of-view statistics")
+    return ", ".join(words[:-1]) + (" and " if len(words) > 1 else "") + words[-1] if words else "its features"
 
 
 @dataclass(frozen=True)
@@ -78,9 +112,23 @@ def ood_scores(distances: torch.Tensor, logits: torch.Tensor | None = None, name
     raise ValueError(f"unknown OOD score {name!r}: use one of {', '.join(SCORES)}")
 
 
-def record_score(out, record: dict | None) -> torch.Tensor:
-    """The score a card's `ood` record names, for a forward pass `out`; a card without one gets the nearest-
-    prototype distance (it needs no statistics), which its missing threshold never flags."""
+def needs_stages(record: dict | None) -> bool:
+    """Whether the card's score reads f_b's stages (the forward pass must be made with stages=True)."""
+    return bool(record) and record.get("score") == "detector"
+
+
+def record_score(out, record: dict | None, detector=None, x01: torch.Tensor | None = None) -> torch.Tensor:
+    """The score a card's `ood` record names, for a forward pass `out` (of the inputs x01); "detector": the
+    checkpoint's ood_detector (ood_detector.py) on f_b's stages and the input statistics; a card without a record
+    gets the nearest-prototype distance (it needs no statistics), which its missing threshold never flags."""
+    if needs_stages(record):
+        from dprotonet_core.ood_detector import score_from_record
+        from dprotonet_core.ood_features import features_of_output
+
+        if detector is None or out.stages is None or x01 is None:
+            raise ValueError("the card's out-of-distribution score needs its detector and f_b's stages")
+        return torch.as_tensor(score_from_record(detector, record, features_of_output(out, x01)),
+                               dtype=torch.float32)
     if record and record.get("score") == "feature_zscore" and record.get("feature_stats"):
         return ood_scores(out.distances, out.logits, "feature_zscore", out.z, record["feature_stats"])
     name = (record or {}).get("score", "nearest_prototype")

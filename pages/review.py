@@ -117,12 +117,16 @@ prediction = case.prediction
 probability = review.probability(prediction) if checkpoint.decision_threshold is None else prediction.probabilities[1]
 invalid = "" if case.fit.fits else "NOT VALID FOR THIS IMAGE: "
 # class names and the threshold's record come from the card: shown as text, never rendered as markdown
-st.subheader(invalid + review.plain(review.prediction_headline(prediction, checkpoint)))
-st.progress(probability, text=review.plain(review.probability_text(prediction, checkpoint.classes)))
+if case.ood.flagged:  # the warning first, the answer under it in grey, without a confident bar
+    st.warning(f"**{review.plain(review.ood_warning(checkpoint))}** Out-of-distribution score "
+               f"{case.ood.score:.3g} against a threshold of {case.ood.threshold:.3g}.", icon=":material/warning:")
+    st.markdown(f"#### :gray[{invalid}Answer for an image unlike its training images: "
+                f"{review.plain(review.prediction_headline(prediction, checkpoint))}]")
+    st.caption(review.plain(review.probability_text(prediction, checkpoint.classes)))
+else:
+    st.subheader(invalid + review.plain(review.prediction_headline(prediction, checkpoint)))
+    st.progress(probability, text=review.plain(review.probability_text(prediction, checkpoint.classes)))
 st.caption(review.plain(review.decision_text(checkpoint)))
-if case.ood.flagged:
-    st.warning(f"**{review.ood.WARNING}** Score {case.ood.score:.3g} against a threshold of "
-               f"{case.ood.threshold:.3g}.", icon=":material/warning:")
 
 st.markdown("**Why: this looks like that.** The prototypes that add most to the predicted class's score.")
 st.dataframe(review.summarise_rows(prediction, checkpoint), hide_index=True, width="stretch")

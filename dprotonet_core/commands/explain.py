@@ -76,7 +76,8 @@ def _prediction(ck, x: torch.Tensor):
     calibrated probability, when it has one) and its probabilities."""
     from dprotonet_core.inference import predict
 
-    return predict(ck.model, x[None], ck.classes, ck.decision_threshold, ck.card.get("ood"), ck.calibration)
+    return predict(ck.model, x[None], ck.classes, ck.decision_threshold, ck.card.get("ood"), ck.calibration,
+                   ck.ood_detector)
 
 
 def _prediction_record(pred) -> dict:

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         try:
             result = predict(ckpt.model, to_model_input(image, ckpt.model.config.input_size), ckpt.classes,
-                             ckpt.decision_threshold, ckpt.card.get("ood"), ckpt.calibration)
+                             ckpt.decision_threshold, ckpt.card.get("ood"), ckpt.calibration, ckpt.ood_detector)
         except ValueError as exc:  # the model's scores are not finite: no answer, not "normal, nan%"
             failed = True
             print(json.dumps({"file": path, "error": f"no prediction: {' '.join(str(exc).split())}"}), flush=True)
@@ -119,7 +119,10 @@ def run(args: argparse.Namespace) -> int:
                                  rule=(ckpt.card.get("decision_threshold") or {}).get("rule"))
         try:  # valid JSON or an error line: never NaN or Infinity in the output
             line = json.dumps({"file": path, "checkpoint": str(folder), **fields, "decision": decision,
-                               "task_fit": fit.to_json(), "ood": check.to_json(), "top_prototypes": top},
+                               "task_fit": fit.to_json(), "ood": {**check.to_json(),
+                                                                 "warning": ood.warning(ckpt.card.get("ood"))
+                                                                 if check.flagged else None},
+                               "top_prototypes": top},
                               allow_nan=False)
         except ValueError:
             failed = True

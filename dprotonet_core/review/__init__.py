@@ -48,6 +48,7 @@ from dprotonet_core.review.case import (  # noqa: F401
     list_samples,
     metadata_rows,
     model_input,
+    ood_warning,
     predict,
     prediction_headline,
     probability,

@@ -227,9 +227,17 @@ def predict(checkpoint: Checkpoint, x: torch.Tensor) -> Prediction:
     A model whose scores are not finite gives no answer: ReviewError (never "normal, nan%")."""
     try:
         return inference.predict(checkpoint.model, x, checkpoint.classes, checkpoint.decision_threshold,
-                                 checkpoint.card.get("ood"), checkpoint.calibration)
+                                 checkpoint.card.get("ood"), checkpoint.calibration,
+                                 checkpoint.ood_detector)
     except ValueError as exc:
         raise ReviewError(f"This model gives no answer for this image: {' '.join(str(exc).split())}.") from None
+
+
+def ood_warning(checkpoint: Checkpoint) -> str:
+    """The out-of-distribution warning, true for this checkpoint's score and threshold (ood.warning)."""
+    from dprotonet_core import ood
+
+    return ood.warning(checkpoint.card.get("ood"))
 
 
 def decision_text(checkpoint: Checkpoint) -> str:

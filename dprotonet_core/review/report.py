@@ -94,7 +94,8 @@ def report_dict(inputs: ReportInputs) -> dict[str, Any]:
             "valid_for_this_image": inputs.fit.fits,
         },
         "task_fit": inputs.fit.to_json(),
-        "ood": {**inputs.ood.to_json(), "warning": ood.WARNING if inputs.ood.flagged else None},
+        "ood": {**inputs.ood.to_json(), "warning": ood.warning(ck.card.get("ood")) if inputs.ood.flagged else None,
+                "score_is": (ck.card.get("ood") or {}).get("detector") or (ck.card.get("ood") or {}).get("score")},
         "reasoning": reasoning,
         "explanation": {
             "prototype": ex.prototype,
@@ -133,7 +134,7 @@ def _report_warnings(inputs: ReportInputs) -> list[str]:
     if not inputs.fit.fits:
         lines += textwrap.wrap(f"This image is not what the model was made for: {inputs.fit.reason}.", 110)
     if inputs.ood.flagged:
-        lines += textwrap.wrap(ood.WARNING, 110)
+        lines += textwrap.wrap(ood.warning(inputs.checkpoint.card.get("ood")), 110)
     return lines
 
 
@@ -160,12 +161,12 @@ def report_png(inputs: ReportInputs) -> bytes:
             y += 20
     y += 10
     invalid = "" if inputs.fit.fits else "NOT VALID FOR THIS IMAGE: "
-    draw.text((margin, y), invalid + prediction_headline(inputs.prediction, inputs.checkpoint),
-              fill="black" if inputs.fit.fits else (170, 0, 0), font=h2)
-    y += 34
-    for line in _report_warnings(inputs):
-        draw.text((margin, y), line, fill=(170, 0, 0), font=small)
+    for line in _report_warnings(inputs):  # the warnings first, then the answer (grey when the image is unlike
+        draw.text((margin, y), line, fill=(170, 0, 0), font=small)  # the model's training images)
         y += 20
+    colour = (170, 0, 0) if not inputs.fit.fits else (140, 140, 140) if inputs.ood.flagged else "black"
+    draw.text((margin, y), invalid + prediction_headline(inputs.prediction, inputs.checkpoint), fill=colour, font=h2)
+    y += 34
     ex = data["explanation"]
     draw.text((margin, y), "Your image", fill="black", font=small)
     draw.text(

@@ -53,3 +53,35 @@ def test_chest_dicom_on_the_fundus_model_switches_with_a_notice(server):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "review-routed-chest-dicom.png"), full_page=True)
         browser.close()
+
+
+def test_a_look_alike_photograph_gets_the_warning_and_a_greyed_answer(server, tmp_path):
+    """scikit-image's coffee cup, a colour photograph: it passes the fundus model's task-fit check (colour), and
+    the out-of-distribution detector flags it; the answer is shown in grey under the warning, and the report says
+    the same."""
+    import json
+
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+    from skimage import data as skdata
+
+    photo = tmp_path / "coffee.png"
+    Image.fromarray(skdata.coffee()).save(photo)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1440, "height": 1100})
+        page.set_default_timeout(120_000)
+        page.goto(server)
+        page.get_by_text("Upload an image").first.wait_for()
+        page.locator("input[type=file]").first.set_input_files(str(photo))
+        page.get_by_text("unlike the 400 images this model learned from").first.wait_for()
+        page.get_by_text("Answer for an image unlike its training images: Prediction:").first.wait_for()
+        assert page.get_by_text("Frontal chest radiograph: reviewed with").count() == 0  # the fundus model answers
+        page.locator(".js-plotly-plot .imagelayer image").nth(1).wait_for(state="attached")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "review-look-alike-warning.png"), full_page=True)
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download report (JSON)").click()
+        report = json.loads(open(download.value.path()).read())
+        assert report["ood"]["flagged"] is True and "400 images" in report["ood"]["warning"]
+        browser.close()

@@ -9,9 +9,9 @@ resident memory grows by at most MEMORY_PEAK_BOUND_MB over its resident memory b
 still held afterwards by at most MEMORY_RETAINED_BOUND_MB. The two readings for the retained figure are taken
 after gc.collect() and glibc's malloc_trim(0) (where libc offers it), so they count live memory, not freed blocks
 the allocator keeps cached (that cache alone varied by tens of MB between CI runs); the peak is compared with the
-resident memory before trimming, since refilling that cache is not growth. A single decoded decompression bomb of the corpus
-(30000 x 30000 PNG: 900 MB as uint8, 3.6 GB as float32) or the 60000 x 60000 DICOM would break the peak bound
-many times over; per-session caches are bounded by MAX_CACHED_CASES and MAX_CACHED_EXPLANATIONS.
+resident memory before trimming, since refilling that cache is not growth. A single decoded decompression bomb
+of the corpus (30000 x 30000 PNG: 900 MB as uint8, 3.6 GB as float32) or the 60000 x 60000 DICOM would break
+the peak bound many times over; per-session caches are bounded by MAX_CACHED_CASES and MAX_CACHED_EXPLANATIONS.
 
 Speed (CPU is shared): MDM's profiles (the default paper one too) are cut to MDM_TEST_ITERATIONS iterations here.
 The explanation still runs end to end (both panes are rendered from a real mask stack); what this module tests
@@ -201,7 +201,8 @@ def test_every_hostile_upload_gives_one_message_or_a_result_and_memory_stays_bou
         peak_growth = (peak_kb - peak_base_kb) / 1024
         retained = (after_kb - before_kb) / 1024
         print(
-            f"memory: RSS before {peak_base_kb / 1024:.0f} MB ({before_kb / 1024:.0f} MB trimmed), peak growth {peak_growth:.0f} MB "
+            f"memory: RSS before {peak_base_kb / 1024:.0f} MB ({before_kb / 1024:.0f} MB trimmed), "
+            f"peak growth {peak_growth:.0f} MB "
             f"(bound {MEMORY_PEAK_BOUND_MB} MB{'' if exact_peak else ', peak since process start'}), "
             f"retained {retained:.0f} MB (bound {MEMORY_RETAINED_BOUND_MB} MB)"
         )

@@ -31,7 +31,7 @@ def test_auto_picks_the_fitting_checkpoint_per_file(capsys, tmp_path):
     assert fundus["checkpoint"].endswith("ichallenge-pm") and fundus["task_fit"]["fits"]
     assert "no bundled checkpoint is made for this image" in other["error"] and "modality MR" in other["error"]
     for line in (chest, fundus):
-        assert set(line["ood"]) == {"score", "threshold", "flagged"} and line["ood"]["threshold"] is not None
+        assert set(line["ood"]) == {"score", "threshold", "flagged", "warning"} and line["ood"]["threshold"] is not None
     assert chest["prediction"] in ("pneumonia", "no pneumonia")  # the DICOM has no pneumonia label
     assert fundus["prediction"] == "PM"  # a P* photograph: pathologic myopia
     assert fundus["ood"]["flagged"] is False and fundus["ood"]["score"] < fundus["ood"]["threshold"]

@@ -46,19 +46,41 @@ def bundled_app(monkeypatch, tmp_path):
 
 
 def _ood_warnings(at: AppTest) -> list[str]:
-    return [w.value for w in at.warning if "unlike the images the model learned from" in w.value]
+    return [w.value for w in at.warning if "images this model learned from" in w.value]
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _answer_is_greyed(at: AppTest) -> bool:
+    """The flagged answer: grey text under the warning, no subheader and no confident bar."""
+    return (any(":gray[Answer for an image unlike its training images: Prediction:" in m.value for m in at.markdown)
+            and not any(str(s.value).startswith("Prediction:") for s in at.subheader))
 
 
 def test_colour_noise_gets_the_out_of_distribution_warning(bundled_app):
-    """A colour image fits the fundus model's `accepts` (colour), so only the model's own score can catch it.
-    bench/ood.py: uniform noise is flagged 8 of 8 by the fundus model, natural photographs 0 of 7 (the score is
-    weak on those: the task-fit check, not the OOD score, is what keeps most foreign images out)."""
+    """A colour image fits the fundus model's `accepts` (colour), so only the model's own score can catch it."""
     rng = np.random.default_rng(0)
-    buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(buffer, format="PNG")
-    at = upload(bundled_app, "noise.png", buffer.getvalue())
+    at = upload(bundled_app, "noise.png", _png(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)))
     assert at.session_state["checkpoint_path"].endswith("ichallenge-pm")  # colour: the task fits
-    assert len(_ood_warnings(at)) == 1
+    assert len(_ood_warnings(at)) == 1 and _answer_is_greyed(at)
+
+
+def test_a_photograph_passes_the_task_fit_check_and_gets_the_warning(bundled_app):
+    """scikit-image's astronaut: a colour photograph, so it fits the fundus model's `accepts`; the detector (its
+    backbone's last stage, nearest training images, input statistics) is what catches it. The warning says how
+    many images the model learned from and where its threshold came from (the cross-validation's out-of-fold
+    photographs)."""
+    from skimage import data as skdata
+
+    at = upload(bundled_app, "photo.png", _png(skdata.astronaut()))
+    assert at.session_state["checkpoint_path"].endswith("ichallenge-pm")
+    (warning,) = _ood_warnings(at)
+    assert "unlike the 400 images this model learned from" in warning and "out-of-fold" in warning
+    assert _answer_is_greyed(at)
 
 
 def test_an_mr_fits_no_model_and_gets_no_valid_prediction(bundled_app):
@@ -68,7 +90,10 @@ def test_an_mr_fits_no_model_and_gets_no_valid_prediction(bundled_app):
     assert any("not what this model was made for" in e.value and "modality MR" in e.value for e in at.error)
     assert not any(str(s.value).startswith("Prediction:") for s in at.subheader)
     at.toggle[0].set_value(True).run()
-    assert any(str(s.value).startswith("NOT VALID FOR THIS IMAGE: Prediction:") for s in at.subheader)
+    # the answer, asked for, is marked not valid; an MR is also unlike the photographs, so it is greyed too
+    assert any(str(s.value).startswith("NOT VALID FOR THIS IMAGE: Prediction:") for s in at.subheader) or any(
+        ":gray[NOT VALID FOR THIS IMAGE: Answer for an image unlike its training images: Prediction:" in m.value
+        for m in at.markdown)
 
 
 def test_own_sample_gets_neither_notice_nor_warning(bundled_app):
