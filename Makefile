@@ -46,7 +46,9 @@ EVAL := $(PY) -m dprotonet_core evaluate --split test --attach --no-progress --t
 # explanation figures are on training images (the report says so), its accuracy is the cross-validation's.
 EVAL_ALL := $(PY) -m dprotonet_core evaluate --split all --attach --no-progress --threads 2
 # The finished 5-fold cross-validation of its recipe (python -m dprotonet_core cross-validate; make-demo refuses an
-# unfinished one before training).
+# unfinished one before training). A rebuild also needs its fold models (the out-of-distribution threshold is
+# measured with them on the out-of-fold photographs): git keeps only the figures, so pass PALM_CV=<a cross-validate
+# --out folder> that still holds fold-N/; make-demo says so before training otherwise.
 PALM_CV ?= bench/results/cv-palm-small_resnet-stacked-20ep-oof
 checkpoints: install
 	rm -f assets/backbones/chest-small_resnet-kermany.safetensors

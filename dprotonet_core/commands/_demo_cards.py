@@ -122,31 +122,15 @@ def ood_record(model, train_ds, val_ds) -> dict:
                            stats)
 
 
-def refresh_card_checks(folder: Path, plan: DemoPlan, data_root: Path, accepts: dict) -> dict:
-    """Write `accepts` and the OOD quantiles into an existing checkpoint's card; weights and everything else in
-    the folder stay as they are (the card's sha256 covers the weights, which do not change)."""
+def refresh_card_checks(folder: Path, accepts: dict) -> dict:
+    """Write `accepts` into an existing checkpoint's card (make-demo --only checks, which then writes the
+    out-of-distribution detector, _demo_ood.write_detector); weights and everything else stay as they are."""
     from dprotonet_core.checkpoint import CARD_FILE, load_checkpoint
-    from dprotonet_core.data.registry import load_dataset
 
-    ck = load_checkpoint(folder)
-    recorded = ck.card.get("training_data", {}).get("split", {})  # the split the checkpoint was trained with
-    split = {"seed": int(ck.card.get("seed", plan.seed)), "val_fraction": float(recorded.get("val_fraction") or 0.0),
-             "test_fraction": float(recorded.get("test_fraction") or 0.0)}
-    size = ck.model.config.input_size
-    if split["val_fraction"] or split["test_fraction"]:
-        train_ds, val_ds = (load_dataset(plan.dataset, data_root, s, size, transform=None, **split)
-                            for s in ("train", "val"))
-    else:  # trained on every image
-        train_ds, val_ds = load_dataset(plan.dataset, data_root, "all", size, transform=None), None
-    expected = recorded.get("val_ids")
-    if expected and sorted(map(str, expected)) != sorted(map(str, val_ds.ids if val_ds is not None else [])):
-        raise RuntimeError(f"{folder}: the plan's validation split is not the card's; refusing to measure on it")
     full = json.loads((folder / CARD_FILE).read_text())
     full["accepts"] = accepts
-    full["ood"] = ood_record(ck.model, train_ds, val_ds)
     (folder / CARD_FILE).write_text(json.dumps(full, indent=2))
     load_checkpoint(folder)  # still verifies
-    print(json.dumps({"checkpoint": str(folder), "ood": full["ood"]["threshold"]}), flush=True)
     return full
 
 

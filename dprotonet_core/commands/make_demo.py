@@ -51,6 +51,7 @@ from dprotonet_core.commands._demo_mdm import (
     refresh_prototype_side,
     store_sample_explanations,
 )
+from dprotonet_core.commands._demo_ood import has_fold_models, write_detector
 from dprotonet_core.commands._demo_paths import (  # noqa: F401
     CHEST_BACKBONE,
     KERMANY,
@@ -136,7 +137,8 @@ def register(subparsers) -> None:
     p.add_argument("--only", choices=("ichallenge-pm", "rsna-pneumonia", "samples", "prototype-mdm",
                                       "sample-explanations", "checks", "calibration"),
                    help="build just one part; prototype-mdm and sample-explanations redo only the MDM results of "
-                   "the existing checkpoints and samples; checks rewrites the cards' accepts and OOD quantiles")
+                   "the existing checkpoints and samples; checks rewrites the cards' accepts and out-of-distribution "
+                   "detector (iChallenge-PM's needs --palm-cross-validation with its fold models)")
     p.add_argument("--palm", default=SHARED / "palm-training400-224", type=Path, help="PALM training images")
     p.add_argument("--rsna-data", default=None, type=Path, action="extend", nargs="+",
                    help="RSNA folder(s) of real radiographs, loaded as one dataset (default: rsna-real and "
@@ -194,8 +196,11 @@ def plan_configs(plan: DemoPlan, classes, train_labels):
                                                                                  plan.seed)
 
 
-def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads: int, profile: str) -> dict:
-    """Train, measure and write one demo checkpoint; returns its card."""
+def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads: int, profile: str,
+          cv_folder: Path | None = None) -> dict:
+    """Train, measure and write one demo checkpoint, its out-of-distribution detector included (_demo_ood.py; a
+    model trained on every image needs `cv_folder`, its cross-validation with the fold models, for that, and keeps
+    the legacy score of ood.py without it); returns its card."""
     from dprotonet_core.checkpoint import load_checkpoint
     from dprotonet_core.data.registry import load_dataset
     from dprotonet_core.evaluate.held_out import held_out_metrics, projection_comparison
@@ -207,6 +212,7 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
     # reports would describe other weights (`evaluate --attach` measures the new ones).
     (out / "train_log.jsonl").unlink(missing_ok=True)
     shutil.rmtree(out / "evaluation", ignore_errors=True)
+    (out / "ood.safetensors").unlink(missing_ok=True)  # the old detector read the old weights' features
     split = {"seed": plan.seed, "val_fraction": plan.val_fraction, "test_fraction": plan.test_fraction}
     holdout = plan.holds_out
     if holdout:
@@ -239,7 +245,10 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
         card["decision_threshold"] = decision
     metrics = dict(card.get("metrics", {}))
     if not holdout:
-        return _finish_without_holdout(plan, ckpt, card, metrics, train_ds, out, profile, t_start)
+        card = _finish_without_holdout(plan, ckpt, card, metrics, train_ds, out, profile, t_start)
+        if cv_folder is not None and has_fold_models(cv_folder):
+            card["ood"] = write_detector(out, plan.name, plan, data_root, cv_folder)
+        return card
     test = held_out_metrics(ckpt.model, test_ds, threshold, calibration=calibration)
     metrics.update({f"test_{k}": v for k, v in test.items()})
     metrics["test_measured_on"] = "held-out test split: never used for training or model selection (fp16 weights)"
@@ -266,8 +275,8 @@ def build(plan: DemoPlan, data_root: Path, out: Path, card_extra: dict, threads:
                                        "test_ids": [str(i) for i in test_ds.ids]}}
     if weights is not None:
         card["loss_config"] = {**card.get("loss_config", {}), "class_weights": list(weights)}
-    card["ood"] = ood_record(ckpt.model, train_ds, val_ds)
     _release(plan, ckpt, card, vectors, mdm_seconds, out, profile, t_start)
+    card["ood"] = write_detector(out, plan.name, plan, data_root)
     print(json.dumps({"checkpoint": str(out), "val_accuracy": result.val_accuracy, **{k: v for k, v in
                       metrics.items() if k.startswith(("test_", "baseline_", "table4"))}}), flush=True)
     return card
@@ -459,8 +468,12 @@ def run(args: argparse.Namespace) -> int:
 
             extra["cross_validation"] = card_record(args.palm_cross_validation,
                                                     dataclasses.asdict(plans["ichallenge-pm"]))
+            if not has_fold_models(args.palm_cross_validation):
+                raise SystemExit(f"{args.palm_cross_validation}: its fold models are gone (git keeps only the "
+                                 "figures); the card's out-of-distribution threshold is measured with them on the "
+                                 "out-of-fold images. Pass a cross-validate --out folder that still has fold-N/.")
         build(plans["ichallenge-pm"], args.palm, args.out / "ichallenge-pm", extra, args.threads,
-              args.mdm_profile or plans["ichallenge-pm"].mdm_profile)
+              args.mdm_profile or plans["ichallenge-pm"].mdm_profile, args.palm_cross_validation)
     if args.only in (None, "rsna-pneumonia"):
         build(plans["rsna-pneumonia"], rsna_root, args.out / "rsna-pneumonia", rsna_card(), args.threads,
               args.mdm_profile or plans["rsna-pneumonia"].mdm_profile)
@@ -474,7 +487,8 @@ def run(args: argparse.Namespace) -> int:
         for name, root, accepts in (("ichallenge-pm", args.palm, PALM_ACCEPTS),
                                     ("rsna-pneumonia", rsna_root, RSNA_ACCEPTS)):
             if (args.out / name / "card.json").is_file():
-                refresh_card_checks(args.out / name, plans[name], root, accepts)
+                refresh_card_checks(args.out / name, accepts)
+                write_detector(args.out / name, name, plans[name], root, args.palm_cross_validation)
     if args.only == "calibration":  # the iChallenge-PM card's calibrator from a cross-validation's predictions
         if args.palm_cross_validation is None:
             raise SystemExit("make-demo --only calibration needs --palm-cross-validation DIR")

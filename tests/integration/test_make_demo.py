@@ -153,9 +153,12 @@ def test_rsna_plan_on_tiny_real_layout(tmp_path):
     assert "accuracy" in metrics["test_at_argmax"] and card["backbone_weights"] == "backbone.safetensors"
     for counts in card["prototype_sources"].values():
         assert counts["distinct_source_images"] == counts["prototypes"]
-    assert card["ood"]["threshold"] == card["ood"]["validation_quantiles"]["q99"]
+    # the out-of-distribution detector: fitted on the training films, its threshold from the validation films
+    assert card["ood"]["score"] == "detector" and card["ood"]["threshold_from"] == "validation images"
+    assert card["ood"]["threshold_images"] == len(card["training_data"]["split"]["val_ids"])
+    assert card["ood"]["components"] == [f"stage_{k}" for k in range(1, 5)]  # CHOSEN["rsna-pneumonia"]
     shipped = load_checkpoint(out)
-    assert shipped.decision_threshold == card["decision_threshold"]["value"]
+    assert shipped.decision_threshold == card["decision_threshold"]["value"] and shipped.ood_detector is not None
 
     samples = tmp_path / "samples"
     rsna_test = load_dataset("rsna", data, "test", 32, transform=None, **split)
