@@ -10,7 +10,12 @@ truth the IoU of the top-20% of S and the DICE of the top-50% binary mask (the p
 threshold). Prints figures; asserts nothing. Usage:
 
     python -m bench.mdm_eta --checkpoint assets/checkpoints/rsna-pneumonia \
-        --dataset rsna --data runs/synthetic-rsna [--images 6] [--iterations 800]
+        --dataset rsna --data ../shared/data/rsna-real ../shared/data/rsna-real-256 [--images 6] [--iterations 800]
+    python -m bench.mdm_eta --checkpoint assets/checkpoints/ichallenge-pm \
+        --dataset ichallenge-pm --data ../shared/data/palm-training400-224
+
+With a checkpoint it also prints the deletion distance s(black) = ||z_j(0) - z_j(x)||^2 at the detection node
+(eq. 12) over every image of the split, both classes: the scale eta's deletion form divides by (config.py).
     python -m bench.mdm_eta [--size 96] [--epochs 6] [--images 4]   # blob stand-in
 """
 
@@ -128,11 +133,35 @@ def checkpoint_images(args, positives_only: bool = True) -> tuple[DProtoNet, tor
     return model, images, truths, f"checkpoint {args.checkpoint}, {args.dataset} test split, images {chosen}"
 
 
+def deletion_scale(args, model: DProtoNet) -> str:
+    """s(black) at the detection node of every image of the checkpoint's test split (forward passes only)."""
+    from dprotonet_core.data.registry import load_dataset
+    from dprotonet_core.explain.mdm import detection_node
+
+    split = {"seed": 0, "val_fraction": 0.2, "test_fraction": 0.2}
+    root = args.data[0] if len(args.data) == 1 else list(args.data)
+    ds = load_dataset(args.dataset, root, "test", model.config.input_size, transform=None, **split)
+    device = next(model.parameters()).device
+    values, norms = [], []
+    with torch.no_grad():
+        black = torch.zeros(1, 3, model.config.input_size, model.config.input_size, device=device)
+        for i in range(len(ds)):
+            x = ds[i][0].float().to(device)
+            j = detection_node(model, x).mask_index
+            target = model.feature_vectors(x[None], j)[0]
+            values.append(float(((model.feature_vectors(black, j)[0] - target) ** 2).sum()))
+            norms.append(float((target ** 2).sum()))
+    q = np.percentile(values, [10, 50, 90])
+    return (f"s(black) over all {len(values)} images of the split: median {q[1]:.2f} (10th-90th percentile "
+            f"{q[0]:.2f}-{q[2]:.2f}); ||z_j(x)||^2 median {np.median(norms):.2f}; eta 10 / median s(black) = "
+            f"{10 / q[1]:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--dataset", default="rsna")
-    ap.add_argument("--data", type=Path, nargs="+", default=[Path("runs/synthetic-rsna")],
+    ap.add_argument("--data", type=Path, nargs="+", default=None,
                     help="dataset folder(s); RSNA takes both of the shipped checkpoint's (rsna-real rsna-real-256)")
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--epochs", type=int, default=6)
@@ -141,6 +170,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    if args.checkpoint is not None and not args.data:
+        ap.error("--checkpoint needs --data, the folder(s) of its dataset")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(machine_info(device))
@@ -157,6 +188,8 @@ def main() -> None:
         truths = [m.numpy() for m in masks]
         what = f"blob stand-in trained {args.epochs} epochs in {time.perf_counter() - t0:.0f} s"
     print(what)
+    if args.checkpoint is not None:
+        print(deletion_scale(args, model), flush=True)
     forms = {
         "paper eta=10": MDMConfig(iterations=args.iterations, distance="paper"),
         "deletion eta=0.4": MDMConfig(iterations=args.iterations),
