@@ -4,7 +4,10 @@ it is used (checkpoint.py calls these).
 - Files: only files listed in card.json's sha256 list are read (card.json itself aside), each under a plain name
   (no `/` but the one after `prototypes`, no `\\`, no `..`, not absolute) that resolves inside the folder; a
   symbolic link anywhere in the folder, a pickle-type file, or a file in prototypes/ the list does not name is
-  refused. Other unlisted files (an evaluation/ report, a training log) are never opened by the loader.
+  refused. Other unlisted files (a training log) are never opened by the loader. The one exception is the
+  evaluation/ report `evaluate --attach` writes after the card: the Evaluation page reads its metrics.json and
+  figure JSON as untrusted display data (evaluate/report.py load_evaluation: regular files of bounded size and
+  depth, values type-checked, figures that name a URL or HTML not drawn, text shown as written).
 - card.json: at most MAX_CARD_BYTES and MAX_JSON_DEPTH levels deep; the fields the app reads have the type it
   expects (class names are strings, the name is a string, ...).
 - model_config: a known backbone and sizes within CONFIG_LIMITS, so that building the model cannot ask for
@@ -231,6 +234,26 @@ def check_card_fields(card: Any) -> dict:
         raise CheckpointError(f"{CARD_FILE}: ood.threshold must be a finite number")
     if ood.get("score") is not None and not isinstance(ood["score"], str):
         raise CheckpointError(f"{CARD_FILE}: ood.score must be a string")
+    if ood.get("score") == "detector":  # the out-of-distribution detector of ood_detector.py
+        if "ood.safetensors" not in (card.get("sha256") or {}):
+            raise CheckpointError(f"{CARD_FILE}: ood names the detector but ood.safetensors is not listed with "
+                                  "its hash")
+        components, normalisers = ood.get("components"), ood.get("normalisers")
+        if not (isinstance(components, list) and components and all(isinstance(c, str) for c in components)
+                and isinstance(normalisers, dict) and all(_is_number(normalisers.get(c)) for c in components)):
+            raise CheckpointError(f"{CARD_FILE}: ood.components must be names, each with a number in "
+                                  "ood.normalisers")
+    for key in ("prototype_mdm", "mdm_default_profile"):  # read by the pages' captions and by explain
+        record = card.get(key) or {}
+        if record.get("profile") is not None and not isinstance(record["profile"], str):
+            raise CheckpointError(f"{CARD_FILE}: {key}.profile must be a string")
+        settings = record.get("mdm_config")
+        if settings is not None and not (isinstance(settings, dict) and all(
+                isinstance(v, (str, bool)) or _is_number(v) or v is None
+                or (isinstance(v, list) and len(v) <= 8 and all(_is_number(x) for x in v))
+                for v in settings.values())):
+            raise CheckpointError(f"{CARD_FILE}: {key}.mdm_config must map names to numbers, strings or "
+                                  "short lists of numbers")
     accepts = card.get("accepts") or {}
     for key, value in accepts.items():
         if not (isinstance(value, (str, bool)) or value is None

@@ -249,40 +249,95 @@ class EvaluationView:
     problems: list[str]
 
 
+EVALUATION_JSON_MAX_BYTES = 4 * 1024 * 1024  # metrics.json of a 541-image split: 50 KB; a figure: 30 KB
+_FIGURE_REFUSED = ("://", "data:", "javascript:", "<a", "<img", "<iframe", "<script", "src=", "href=")
+
+
+def _figure_problem(value: Any) -> str | None:
+    """Why a stored plotly figure is not drawn: it names a URL or HTML that plotly would render (a layout image
+    fetched from elsewhere, a link); None when it holds neither. The evaluation folder is the checkpoint's, so
+    untrusted like its card."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            lowered = item.lower()
+            hit = next((mark for mark in _FIGURE_REFUSED if mark in lowered), None)
+            if hit:
+                return f"it holds {hit!r}"
+    return None
+
+
+def _table_value(value: Any) -> str | None:
+    """A Table 5 cell as shown: a finite number to 3 decimals, "n/a" for none, None for anything else."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return f"{float(value):.3f}"
+
+
 def load_evaluation(checkpoint_path: Path) -> EvaluationView | None:
-    """Read the stored evaluation; None when there is none. Only JSON/CSV are read (no pickles)."""
+    """Read the stored evaluation; None when there is none. Only JSON is read (no pickles), each file a regular
+    file (no symbolic link) of at most EVALUATION_JSON_MAX_BYTES and MAX_JSON_DEPTH levels; a file or a value
+    that fails is one line in `problems`, never an exception: the folder is the checkpoint's, untrusted input."""
     import plotly.io as pio
+
+    from dprotonet_core.checkpoint_folder import CheckpointError, read_json
 
     folder = Path(checkpoint_path) / EVALUATION_DIR
     metrics_path = folder / "metrics.json"
-    if not metrics_path.is_file():
+    if folder.is_symlink():
+        return EvaluationView(folder, {}, [], {}, ["the evaluation folder is a symbolic link; refused"])
+    if not metrics_path.is_file() and not metrics_path.is_symlink():
         return None
     problems: list[str] = []
     try:
-        metrics = json.loads(metrics_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return EvaluationView(folder, {}, [], {}, [f"metrics.json cannot be read ({exc})"])
-    table = metrics.get("table5") or {}
-    columns = table.get("columns") or []
-    better = table.get("higher_is_better") or {}
-    rows = []
+        metrics = read_json(metrics_path, "evaluation/metrics.json", EVALUATION_JSON_MAX_BYTES)
+    except CheckpointError as exc:
+        return EvaluationView(folder, {}, [], {}, [str(exc)])
+    if not isinstance(metrics, dict):
+        return EvaluationView(folder, {}, [], {}, ["evaluation/metrics.json is not a JSON object; refused"])
+    table = metrics.get("table5") if isinstance(metrics.get("table5"), dict) else {}
+    columns = [c for c in table.get("columns") or [] if isinstance(c, str)]
+    better = table.get("higher_is_better") if isinstance(table.get("higher_is_better"), dict) else {}
+    rows, bad_cells = [], 0
     for row in table.get("rows") or []:
-        out = {"Method": row.get("name", row.get("method", "?"))}
+        if not isinstance(row, dict):
+            bad_cells += 1
+            continue
+        out = {"Method": str(row.get("name", row.get("method", "?")))}
         for c in columns:
-            value = row.get(c)
-            out[f"{c} {'↑' if better.get(c) else '↓'}"] = "n/a" if value is None else f"{float(value):.3f}"
-        out["images"] = row.get("n_images")
+            shown = _table_value(row.get(c))
+            bad_cells += shown is None
+            out[f"{c} {'↑' if better.get(c) else '↓'}"] = "n/a" if shown is None else shown
+        images = row.get("n_images")
+        out["images"] = images if isinstance(images, int) and not isinstance(images, bool) else None
         rows.append(out)
+    if bad_cells:
+        problems.append(f"Table 5 holds {bad_cells} value(s) that are not numbers: shown as n/a")
     figures: dict[str, Any] = {}
-    for name, entry in ((metrics.get("figures") or {}).get("files") or {}).items():
+    files = (metrics.get("figures") or {}).get("files") if isinstance(metrics.get("figures"), dict) else None
+    for name, entry in (files or {}).items() if isinstance(files, dict) else ():
         rel = entry.get("json") if isinstance(entry, dict) else None
-        path = (folder / rel).resolve() if rel else None
+        path = (folder / rel).resolve() if isinstance(rel, str) and rel else None
         if path is None or folder.resolve() not in path.parents or not path.is_file():
             continue
         try:
-            figures[name] = pio.read_json(str(path))
+            value = read_json(folder / rel, f"evaluation/{rel}", EVALUATION_JSON_MAX_BYTES)
+            problem = _figure_problem(value)
+            if problem:
+                problems.append(f"figure {name} is not drawn: {problem}")
+                continue
+            figures[name] = pio.from_json(json.dumps(value))
             if name in ("deletion", "insertion"):  # stored before the legend moved under the plot
                 legend_below(figures[name])
+        except CheckpointError as exc:
+            problems.append(f"figure {name} cannot be read ({exc})")
         except Exception as exc:  # a damaged figure must not take the page down
             problems.append(f"figure {name} cannot be read ({type(exc).__name__})")
     return EvaluationView(folder, metrics, rows, figures, problems)

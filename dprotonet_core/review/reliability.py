@@ -28,16 +28,22 @@ def card_reliability(card: dict) -> list[tuple[str, dict]]:
     return out
 
 
+def _plot_text(value) -> str:
+    """Text from a stored evaluation for a plotly title: plotly renders a few HTML tags (links among them), so
+    none is let through."""
+    return str(value).replace("<", "\u2039").replace(">", "\u203a")[:120]
+
+
 def evaluation_reliability(metrics: dict) -> list[tuple[str, dict]]:
     """(title, calibration figures) of a stored evaluation: the split overall, then per data folder."""
     cls = metrics.get("classification") or {}
-    split = (metrics.get("dataset") or {}).get("split", "?")
+    split = _plot_text((metrics.get("dataset") or {}).get("split", "?"))
     out = []
     if _usable(cls.get("calibration")):
         out.append((f"{split} split, all images", cls["calibration"]))
     for name, fig in sorted((cls.get("by_folder") or {}).items()):
         if isinstance(fig, dict) and _usable(fig.get("calibration")):
-            out.append((f"{split} split, {name}", fig["calibration"]))
+            out.append((f"{split} split, {_plot_text(name)}", fig["calibration"]))
     return out
 
 
