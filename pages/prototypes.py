@@ -17,7 +17,7 @@ st.markdown(
     "Each prototype is a part of a training image the model compares new images with (eq. 9-11). The heatmap "
     "shows the region of its source image the prototype stands for (MDM, eq. 14/16, stored in the checkpoint)."
 )
-st.caption(f"Heatmaps: {review.stored_prototype_method(checkpoint)}.")
+st.caption(f"Heatmaps: {review.plain(review.stored_prototype_method(checkpoint))}.")
 classes = st.multiselect("Show classes", checkpoint.classes, default=checkpoint.classes, key="proto_classes")
 gamma = st.slider("Threshold gamma", 0.0, float(len(checkpoint.prototype_mask_vectors or [None] * 10)),
                   review.default_settings().gamma, 0.5, key="proto_gamma")

@@ -66,10 +66,11 @@ if source != "upload":
 # ------------------------------------------------------------------------- is this the right model
 earlier = ui.routed(data_hash)  # the sidebar routed the image before picking the checkpoint
 if earlier is not None and earlier[1] and earlier[0] == str(checkpoint.path):
-    st.info(earlier[1], icon=":material/swap_horiz:")
+    st.info(review.plain(earlier[1]), icon=":material/swap_horiz:")
 fit = review.task_fit(loaded, checkpoint.card.get("accepts"))
 if not fit.fits:
-    st.error(f"**This image is not what this model was made for:** {fit.reason}. Its answer would mean nothing.",
+    st.error(f"**This image is not what this model was made for:** {review.plain(fit.reason)}. Its answer would "
+             "mean nothing.",
              icon=":material/report:")
     if not st.toggle("Show the model's answer anyway (not valid for this image)", key=f"force:{data_hash}"):
         st.stop()
@@ -194,7 +195,7 @@ def panes(explanation: review.Explanation) -> None:
     rendered = review.render_case(case, checkpoint, explanation, settings, truth)
     st.plotly_chart(rendered.figure, key="panes", width="stretch",
                     config={"displaylogo": False, "scrollZoom": True, "modeBarButtonsToRemove": ["toImage"]})
-    st.caption(rendered.caption)
+    st.caption(review.plain(rendered.caption))
     for note in rendered.notes:
         st.warning(note)
     report = review.report_inputs(case, checkpoint, explanation, settings, rendered, window)

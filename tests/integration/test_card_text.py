@@ -127,3 +127,40 @@ def test_plain_escapes_every_construct_and_keeps_the_words():
         assert "\n" not in shown
         assert not _constructs([shown])
         assert review.unescaped(shown) == " ".join(text.split())
+
+
+def test_text_from_accepts_the_prototype_record_and_the_evaluation_is_shown_as_written(tmp_path, monkeypatch):
+    """The task-fit reason (accepts), the prototype heatmaps' caption (prototype_mdm's profile) and the Evaluation
+    page's lines (the evaluation folder's metrics.json) are the checkpoint's text too."""
+    folder = make_tiny_checkpoint(tmp_path / "models" / TINY_NAME)
+    card = json.loads((folder / "card.json").read_text())
+    card["accepts"] = {"what": f"thing {TRACKER}", "colour": "grey"}  # a colour upload does not fit
+    card["prototype_mdm"] = {**(card.get("prototype_mdm") or {}), "profile": f"standard {TRACKER}",
+                             "mdm_config": {"iterations": 5, "lr": 0.04}}
+    (folder / "card.json").write_text(json.dumps(card))
+    evaluation = folder / "evaluation"
+    evaluation.mkdir()
+    (evaluation / "metrics.json").write_text(json.dumps({
+        "dataset": {"name": f"set {TRACKER}", "split": "test", "n": 2, "notes": [f"note {LINK}"]},
+        "classification": {"decision": f"rule {TRACKER}", "probability": f"p {LINK}"},
+        "table5": {"columns": [], "rows": []}}))
+    monkeypatch.setenv("DPROTONET_MODELS_DIR", str(folder.parent))
+    monkeypatch.setenv("DPROTONET_SAMPLES_DIR", str(tmp_path / "no-samples"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["checkpoint_path"] = str(folder)
+    at.run()
+    buffer = io.BytesIO()
+    Image.fromarray((np.random.default_rng(4).random((70, 90, 3)) * 255).astype(np.uint8)).save(buffer, "PNG")
+    at.file_uploader(key="upload").set_value(("x.png", buffer.getvalue(), "image/png")).run()
+    assert not at.exception, at.exception
+    assert any("not what this model was made for" in e.value for e in at.error)
+    texts = _rendered_texts(at)
+    for page in ("pages/prototypes.py", "pages/evaluation.py"):
+        at.switch_page(page).run()
+        assert not at.exception, f"{page}: {at.exception}"
+        texts += _rendered_texts(at)
+    for words in ("thing", "standard", "set", "note", "rule"):  # each hostile field reached a page
+        assert any(f"{words} " in review.unescaped(t) and "tracker.png" in t or "127.0.0.1:9/x" in t
+                   for t in texts if words in t), words
+    found = _constructs(texts)
+    assert not found, "checkpoint text rendered as markdown:\n" + "\n".join(sorted(set(found)))
