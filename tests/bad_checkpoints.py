@@ -149,6 +149,20 @@ def name_not_a_string(folder: Path) -> None:
     write_card(folder, value)
 
 
+def prototype_record_of_wrong_types(folder: Path) -> None:
+    """prototype_mdm's settings of the wrong types (read by the pages' captions and by explain)."""
+    value = card(folder)
+    value["prototype_mdm"] = {"profile": "standard", "mdm_config": {"betas": {"a": 5}}}
+    write_card(folder, value)
+
+
+def ood_detector_not_listed(folder: Path) -> None:
+    """The card names the out-of-distribution detector, but no ood.safetensors is listed with its hash."""
+    value = card(folder)
+    value["ood"] = {"score": "detector", "threshold": 1.0, "components": ["stage_1"], "normalisers": {"stage_1": 1}}
+    write_card(folder, value)
+
+
 def huge_mask_count(folder: Path) -> None:
     """4 million feature masks: 4 GB for the masks alone, were the model built."""
     value = card(folder)
@@ -251,6 +265,8 @@ VARIANTS: list[tuple[str, Callable[[Path], None], tuple[str, ...]]] = [
     ("nan-weights", nan_weights, ("last_layer.weight", "NaN")),
     ("infinite-weights", infinite_weights, ("prototypes", "infinite")),
     ("huge-prototype-image", huge_prototype_image, ("proto_001.png", "64 x 64", "6000 x 6000")),
+    ("prototype-record-of-wrong-types", prototype_record_of_wrong_types, ("prototype_mdm.mdm_config",)),
+    ("ood-detector-not-listed", ood_detector_not_listed, ("ood.safetensors", "not listed")),
 ]
 
 # A few of them, for the tests that need bad folders present rather than each one checked.

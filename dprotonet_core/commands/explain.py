@@ -139,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         print(f"error: checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - a checkpoint folder is untrusted input: one line, never a traceback
+        print(f"error: checkpoint {args.checkpoint}: could not be loaded ({type(exc).__name__})", file=sys.stderr)
+        return 2
     model = ck.model
     size = model.config.input_size
     from dprotonet_core.commands._files import FileRefused
@@ -148,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
         x, data, kind = _read_input(args.file, size)
     except (FileRefused, ImageReadError) as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - unforeseen: one line, never a traceback
+        print(f"error: {args.file}: could not be read ({type(exc).__name__})", file=sys.stderr)
         return 2
     if args.profile is None:
         from dprotonet_core.explain.mdm import card_default_profile

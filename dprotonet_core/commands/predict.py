@@ -41,6 +41,8 @@ def _read(path: str):
         return read_image(read_image_file(path)), None
     except (FileRefused, ImageReadError) as exc:
         return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - an unforeseen failure is one error line too; the batch goes on
+        return None, f"could not be read ({type(exc).__name__})"
 
 
 def _refusal(exc: Exception, expected: type) -> str:
@@ -110,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:  # the model's scores are not finite: no answer, not "normal, nan%"
             failed = True
             print(json.dumps({"file": path, "error": f"no prediction: {' '.join(str(exc).split())}"}), flush=True)
+            continue
+        except Exception as exc:  # noqa: BLE001 - unforeseen: one error line, the batch goes on
+            failed = True
+            print(json.dumps({"file": path, "error": f"no prediction ({type(exc).__name__})"}), flush=True)
             continue
         fit = task_fit(image, ckpt.card.get("accepts"))
         check = ood.check(result.ood_score, ckpt.card.get("ood"))

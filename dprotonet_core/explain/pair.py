@@ -52,12 +52,16 @@ def stored_method(card: dict) -> str:
     """How the checkpoint's stored prototype-side masks were made, from its card's `prototype_mdm` record."""
     record = card.get("prototype_mdm") or {}
     known = {f.name for f in dataclasses.fields(MDMConfig)}
-    settings = {k: v for k, v in (record.get("mdm_config") or {}).items() if k in known}
-    if "betas" in settings:
-        settings["betas"] = tuple(settings["betas"])
-    if not settings:
-        return "stored when the model was built (its settings are not recorded)"
-    return f"{mdm.method_label(MDMConfig(**settings), record.get('profile'))}; stored when the model was built"
+    try:
+        settings = {k: v for k, v in (record.get("mdm_config") or {}).items() if k in known}
+        if "betas" in settings:
+            settings["betas"] = tuple(settings["betas"])
+        if not settings:
+            return "stored when the model was built (its settings are not recorded)"
+        label = mdm.method_label(MDMConfig(**settings), record.get("profile"))
+    except (TypeError, ValueError, AttributeError, KeyError):  # a card's record of an unexpected shape
+        return "stored when the model was built (its recorded settings cannot be read)"
+    return f"{label}; stored when the model was built"
 
 
 def prototype_sides(checkpoint, cfg: MDMConfig, prototypes: list[int] | None = None,

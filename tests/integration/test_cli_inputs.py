@@ -131,3 +131,38 @@ def test_the_review_page_says_a_model_gives_no_answer(checkpoints, tmp_path, mon
     assert not at.exception, at.exception
     assert not any(str(s.value).startswith("Prediction:") for s in at.subheader)
     assert any("gives no answer" in str(e.value) and "non-finite" in str(e.value) for e in at.error), at.error
+
+
+def test_an_unforeseen_failure_is_one_line_and_predict_goes_on(checkpoints, tmp_path, monkeypatch, capsys):
+    """A reader or a model that fails in a way no check foresaw: predict gives that file one JSON error line and
+    answers the next; explain prints one line for a checkpoint that fails to load that way."""
+    from dprotonet_core import cli, inference
+    from dprotonet_core.data import io as data_io
+
+    good, first, second = checkpoints[0], _png(tmp_path / "a.png"), _png(tmp_path / "b.png", 1)
+    real_read = data_io.read_image
+    calls = []
+
+    def flaky(data, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a codec failed in a way nobody checked")
+        return real_read(data, *args, **kwargs)
+
+    monkeypatch.setattr(data_io, "read_image", flaky)
+    assert cli.main(["predict", "--checkpoint", str(good), "--threads", "1", str(first), str(second)]) == 2
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == {"file": str(first), "error": "could not be read (RuntimeError)"}
+    assert "prediction" in lines[1]
+
+    monkeypatch.setattr(data_io, "read_image", real_read)
+    monkeypatch.setattr(inference, "predict_batch", lambda *a, **k: (_ for _ in ()).throw(KeyError("x")))
+    assert cli.main(["predict", "--checkpoint", str(good), "--threads", "1", str(first)]) == 2
+    assert json.loads(capsys.readouterr().out) == {"file": str(first), "error": "no prediction (KeyError)"}
+
+    import dprotonet_core.checkpoint as checkpoint_module
+
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", lambda *a, **k: (_ for _ in ()).throw(KeyError("x")))
+    assert cli.main(["explain", "--checkpoint", str(good), str(first), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: checkpoint {good}: could not be loaded (KeyError)"
