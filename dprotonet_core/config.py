@@ -294,6 +294,8 @@ class EvalConfig:
 
     # The localisation threshold (the CAM's top-k%) differs by dataset, so it is DatasetSpec.top_percent in
     # data/registry.py, not a field here; `evaluate --top-percent` overrides it.
+    # DEVIATION (a reading, named in both Table 5 captions; reason in data/registry.py): section 4.3 gives the
+    # medical sets' top-50% cut-off for sensitivity; the same binarisation is used for DICE, IoU and PPV.
     # Average Drop/Increase: the paper "removed certain percentile pixels" without a number.
     # DEVIATION (the paper is silent): keep the top 50% of CAM pixels, remove the rest.
     explained_map_keep_percent: float = 50.0

@@ -19,6 +19,7 @@ st.markdown(
     f"**Task:** {plain(summary['task'])}  \n**Classes:** {', '.join(plain(c) for c in summary['classes'])}  \n"
     f"**Trained on:** {plain(summary['trained_on'])}  \n**Backbone:** {plain(summary['backbone'])}, "
     f"input {plain(summary['input_size'])} x {plain(summary['input_size'])} pixels"
+    + (f"  \n**Data credit:** {plain(review.data_credit(card))}" if review.data_credit(card) else "")
 )
 performance = review.performance_rows(card)
 if performance:

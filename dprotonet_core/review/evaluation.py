@@ -93,5 +93,9 @@ def table5_caption(view: EvaluationView, card: dict | None) -> str:
         table.get("target"), "the predicted class")
     where = (" (training images: these show how the maps behave, not how well the model generalises)"
              if on_training_images(view, card) else "")
+    top = (view.metrics.get("config") or {}).get("top_percent_used")
+    cut = f"top {top:g}%" if isinstance(top, (int, float)) and not isinstance(top, bool) else "top-k%"
     return (f"CAMs on {table.get('n_images', '?')} images of this split{where}, each for {target}; average drop / "
-            f"increase and deletion / insertion on the probability {probability}.")
+            f"increase and deletion / insertion on the probability {probability}. Localisation: the CAM's {cut} "
+            "against the ground truth; section 4.3 gives that cut-off for sensitivity, and it is applied to DICE, "
+            "IoU and PPV too (a named deviation, data/registry.py).")

@@ -286,3 +286,13 @@ def test_the_sidebar_names_the_model_in_full_and_keeps_credits_one_click_away(mo
                                           [c2 for e in at.sidebar.expander for c2 in e.caption])
     credits = [e for e in at.sidebar.expander if e.label == "Training data and credits"]
     assert credits and any("Fang et al." in str(c.value) for c in credits[0].caption)
+    at.switch_page("pages/model_card.py").run()  # and on the Model card, in its summary, not only in the JSON
+    assert not at.exception, at.exception
+    summary = "\n".join(review_unescaped(str(m.value)) for m in at.markdown)
+    assert "**Data credit:** PALM / iChallenge-PM 2019" in summary and "Fang et al." in summary
+
+
+def review_unescaped(text: str) -> str:
+    from dprotonet_core import review
+
+    return review.unescaped(text)
