@@ -73,3 +73,12 @@ def test_the_readme_names_each_checkpoints_prototype_side_profile_as_its_card_re
     for name, profile in zip(("rsna-pneumonia", "ichallenge-pm"), said.groups()):
         card = json.loads((REPO / "assets" / "checkpoints" / name / "card.json").read_text())
         assert card["prototype_mdm"]["profile"] == profile, name
+
+
+@pytest.mark.parametrize("name", ["rsna-pneumonia", "ichallenge-pm"])
+def test_each_cards_default_profile_label_is_what_that_profile_runs(name):
+    from dprotonet_core.commands._demo_mdm import mdm_default_record
+
+    record = json.loads((REPO / "assets" / "checkpoints" / name / "card.json").read_text())["mdm_default_profile"]
+    fresh = mdm_default_record(record["profile"])
+    assert record["method"] == fresh["method"] and "lr " in record["method"] and "betas" in record["method"]
